@@ -17,7 +17,143 @@ class CliError(Exception):
 # ---- topology --------------------------------------------------------------------------------------------------
 def _add_topology(sub) -> None:
     p = sub.add_parser("topology", help="show and check a topology (graph, mixing weights, spectral gap)")
-    p.set_defaults(func=lambda a: p.print_help() or 0)
+    actions = p.add_subparsers(dest="topology_command", required=True)
+    mixing_help = "gossip weights: metropolis (default), maxdegree, or Dec-LoRA's laplacian I - 2L/(3 lambda_max)"
+    rules = ("metropolis", "maxdegree", "laplacian")  # = topology.MIXING_RULES, spelled out to keep --help light
+
+    show = actions.add_parser("show", help="print nodes, degrees, each node's mixing row and the spectral gap")
+    show.add_argument("topology", metavar="SPEC|FILE", help="e.g. ring:8, torus:4x4, er:16:0.25:1, or a file")
+    show.add_argument("--mixing", choices=rules, default="metropolis", help=mixing_help)
+    show.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    show.add_argument("--png", metavar="FILE", help="also draw the graph to this PNG file")
+    show.set_defaults(func=_run_topology_show)
+
+    check = actions.add_parser("check", help="validate a topology and its mixing matrix; exit 2 if it is not valid")
+    check.add_argument("topology", metavar="SPEC|FILE", help="e.g. topologies/ring-8.toml or ring:8")
+    check.add_argument("--mixing", choices=rules, default="metropolis", help=mixing_help)
+    check.set_defaults(func=_run_topology_check)
+
+
+def _load_topology_and_mixing(args):
+    from declora import topology as topo
+
+    try:
+        t = topo.load_topology(args.topology)
+    except topo.TopologyError as e:
+        raise CliError(str(e)) from None
+    M = topo.mixing_matrix(t.graph, args.mixing)
+    topo.check_mixing(M, t.graph)  # our own matrices must pass; a failure here is a bug, not bad input
+    return t, M
+
+
+def _run_topology_show(args) -> int:
+    import json
+
+    from declora import topology as topo
+
+    t, M = _load_topology_and_mixing(args)
+    gap = topo.spectral_gap(M)
+    if args.png:
+        _draw_topology(t, M, gap, args.mixing, args.png)
+    if args.json:
+        print(json.dumps(_topology_summary(t, M, gap, args.mixing)))
+        return 0
+    print(f"{t.spec}: {t.n} nodes, {len(t.edges)} edges, mixing {args.mixing}")
+    if t.description:
+        print(t.description)
+    addresses = {node.id: _address_text(node) for node in t.nodes}
+    width = max(len(a) for a in addresses.values())
+    print(f"{'node':>4}  {'address':<{width}}  degree  mixing row (peer:weight)" if width else
+          "node  degree  mixing row (peer:weight)")
+    for i in range(t.n):
+        row = topo.mixing_row(M, i)
+        cells = [f"self:{row.pop(i, 0.0):.4f}"] + [f"{j}:{w:.4f}" for j, w in sorted(row.items())]
+        address = f"  {addresses[i]:<{width}}" if width else ""
+        print(f"{i:>4}{address}  {t.graph.degree(i):>6}  {' '.join(cells)}")
+    print(f"spectral gap: {gap:.4f}  (one gossip step multiplies disagreement by at most {1 - gap:.4f})")
+    if args.png:
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _run_topology_check(args) -> int:
+    from declora import topology as topo
+
+    t, M = _load_topology_and_mixing(args)
+    gap = topo.spectral_gap(M)
+    print(f"ok: {t.spec}: {t.n} nodes, {len(t.edges)} edges, connected; {args.mixing} mixing is symmetric and "
+          f"doubly stochastic on the edges; spectral gap {gap:.4f}")
+    return 0
+
+
+def _topology_summary(t, M, gap: float, rule: str) -> dict:
+    return {
+        "spec": t.spec,
+        "description": t.description,
+        "n": t.n,
+        "edges": [list(e) for e in t.edges],
+        "degrees": t.degrees,
+        "mixing_rule": rule,
+        "mixing": M.tolist(),
+        "spectral_gap": gap,
+        "nodes": [node.as_dict() for node in t.nodes],
+    }
+
+
+def _address_text(node) -> str:
+    where = f"{node.host or '?'}:{node.port or '?'}" if node.host or node.port else ""
+    rank = f"r={node.rank}" if node.rank else ""
+    return " ".join(part for part in (where, rank) if part)
+
+
+def _passes_through_a_node(pos, i: int, j: int) -> bool:
+    (xi, yi), (xj, yj) = pos[i], pos[j]
+    length2 = (xj - xi) ** 2 + (yj - yi) ** 2
+    for k, (xk, yk) in pos.items():
+        if k in (i, j):
+            continue
+        along = ((xk - xi) * (xj - xi) + (yk - yi) * (yj - yi)) / length2
+        off2 = (xk - xi - along * (xj - xi)) ** 2 + (yk - yi - along * (yj - yi)) ** 2
+        if 0 < along < 1 and off2 < 1e-3 * length2:
+            return True
+    return False
+
+
+def _draw_topology(t, M, gap: float, rule: str, path: str) -> None:
+    # Figure + Agg canvas, not pyplot: no global backend state, no display needed.
+    import networkx as nx
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch
+
+    kind = t.spec.split(":", 1)[0]
+    if kind == "torus":
+        cols = int(t.spec.split(":")[1].lower().split("x")[1])
+        pos = {i: (i % cols, -(i // cols)) for i in range(t.n)}
+    elif kind in ("ring", "exp", "complete", "star", "smallworld"):
+        pos = nx.circular_layout(t.graph)
+    else:
+        pos = nx.spring_layout(t.graph, seed=0)
+    fig = Figure(figsize=(6, 6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, j in t.edges:
+        # An edge drawn straight through a third node (a torus wrap-around) would be invisible: bend it.
+        bend = 0.3 if _passes_through_a_node(pos, i, j) else 0.0
+        ax.add_patch(FancyArrowPatch(pos[i], pos[j], arrowstyle="-", connectionstyle=f"arc3,rad={bend}",
+                                     linewidth=0.5 + 6 * M[i, j], color="0.6", zorder=1))  # width = gossip weight
+    xs, ys = zip(*(pos[i] for i in range(t.n)))
+    ax.scatter(xs, ys, s=400, c="tab:blue", zorder=2)
+    for i in range(t.n):
+        ax.annotate(str(i), pos[i], ha="center", va="center", color="white", fontsize=9, zorder=3)
+    ax.set_title(f"{t.spec}: {t.n} nodes, {len(t.edges)} edges, {rule} mixing, spectral gap {gap:.4f}", fontsize=9)
+    ax.set_aspect("equal")
+    ax.margins(0.15)
+    ax.axis("off")
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 # ---- keys --------------------------------------------------------------------------------------------------------

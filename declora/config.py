@@ -1,0 +1,231 @@
+"""Run configuration: one frozen dataclass whose fields are the command-line flags and the TOML keys.
+
+Every knob is declared once, here, with its default and its help string. `add_flags` turns the fields into argparse
+flags, `load_toml` reads a file whose keys match the flags (`local-steps` or `local_steps`), and `resolve` applies the
+precedence defaults < file < flags and checks the result, so a bad value stops the command with one clear line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+MODES = ("gossip", "stack", "svd", "zeropad", "centralized")
+SERVER_AGGREGATIONS = ("fedit", "flora", "flexlora", "zeropad")
+CODECS = ("fp32", "fp16", "bf16", "int8", "int4")
+MIXING_RULES = ("metropolis", "maxdegree", "laplacian")
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # What to train, on what.
+    model: str = _opt("", "local Hugging Face checkpoint folder; empty = the pretrained MiniLM-L6 of the demo extra")
+    task: str = _opt("auto", "classification | causal_lm | auto (from the data: TSV/CSV = classification)")
+    data: str = _opt("", "training data (TSV/CSV/JSON/JSONL, or a folder of per-peer files); empty = shipped SST-2")
+    eval_data: str = _opt("", "evaluation data; empty = shipped SST-2 dev (or a held-out slice of --data)")
+    num_labels: int = _opt(2, "number of classes for classification")
+    target_modules: str = _opt("", "comma-separated LoRA target modules; empty = the architecture's default")
+    max_length: int = _opt(64, "tokens per example (truncation)")
+    # The network.
+    peers: int = _opt(4, "number of peers")
+    topology: str = _opt("ring", "topology spec (ring, ring:8, torus:4x4, exp:16, er:16:0.3:1 ...) or a topology file; "
+                                 "a bare kind gets the peer count")
+    mixing: str = _opt("metropolis", "mixing weights: metropolis | maxdegree | laplacian", choices=MIXING_RULES)
+    mode: str = _opt("gossip", "aggregation: gossip | stack | svd | zeropad | centralized", choices=MODES)
+    server: str = _opt("", "run the parameter-server baseline instead of gossip: fedit | flora | flexlora | zeropad")
+    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODECS)
+    block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
+    stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
+    error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
+    # The adapter.
+    ranks: str = _opt("8", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4)")
+    alpha: float = _opt(16.0, "LoRA alpha (scaling alpha/r)")
+    rslora: bool = _opt(False, "rank-stabilized scaling alpha/sqrt(r)")
+    # Training.
+    partition: str = _opt("dirichlet:0.5", "how the data is split: iid | dirichlet:ALPHA | labelskew:K | files")
+    rounds: int = _opt(10, "communication rounds")
+    local_steps: int = _opt(10, "local optimizer steps per round")
+    batch_size: int = _opt(32, "examples per step")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    schedule: str = _opt("constant", "learning-rate schedule: constant | linear | cosine")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (0 = off)")
+    eval_every: int = _opt(1, "evaluate every E rounds (the last round is always evaluated)")
+    eval_samples: int = _opt(0, "evaluate on the first N eval examples during the run (0 = all); the final eval uses all")
+    seed: int = _opt(0, "random seed (data split, initialisation, batches)")
+    # Processes and devices.
+    gpus: str = _opt("", "comma-separated CUDA device ids, peers round-robin over them; empty = all visible")
+    cpu: bool = _opt(False, "force CPU even when CUDA is present")
+    threads: int = _opt(0, "torch threads per peer process (0 = cores / peers on this host, at least 1)")
+    deadline_s: float = _opt(300.0, "seconds a round waits for its neighbours before mixing what arrived")
+    start_timeout_s: float = _opt(300.0, "seconds a peer waits for its neighbours to come up before round 0")
+    heartbeat_s: float = _opt(2.0, "liveness: a quiet neighbour gets a ping after this many seconds")
+    missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
+    fault_tolerant: bool = _opt(False, "keep going when a peer dies (the others renormalize); else stop and fail")
+    # Wire and security.
+    hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node)")
+    base_port: int = _opt(0, "first TCP port; peer i listens on base_port + i (0 = free loopback ports)")
+    peers_per_node: int = _opt(0, "peers per node for --hosts (0 = peers / number of hosts)")
+    keys: str = _opt("", "folder made by `declora keys make`: enables CurveZMQ")
+    insecure: bool = _opt(False, "allow plain text on non-loopback addresses (never on an untrusted network)")
+    # Output.
+    out: str = _opt("runs/latest", "output folder (config, metrics, adapters, plots, summary)")
+    resume: bool = _opt(False, "continue from the checkpoints in --out")
+    save_adapters: bool = _opt(True, "save every peer's final adapter with save_pretrained")
+
+    # ---- derived values -----------------------------------------------------------------------------------------
+    def rank_list(self) -> list[int]:
+        values = [int(v) for v in str(self.ranks).split(",") if v.strip()]
+        if len(values) == 1:
+            return values * self.peers
+        return values
+
+    def topology_spec(self) -> str:
+        spec = self.topology
+        if ":" not in spec and not Path(spec).exists() and "." not in spec:
+            spec = f"{spec}:{self.peers}"
+        return spec
+
+    def gpu_list(self) -> list[int] | None:
+        return [int(g) for g in self.gpus.split(",") if g.strip()] or None
+
+    def host_list(self) -> list[str]:
+        return [h.strip() for h in self.hosts.split(",") if h.strip()]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message says what is wrong and how to fix it."""
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(cfg.peers >= 1, f"--peers must be >= 1, got {cfg.peers}")
+    need(cfg.mode == "centralized" or cfg.peers >= 2 or cfg.server, "--peers must be >= 2 for a decentralized run")
+    need(cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}")
+    need(cfg.local_steps >= 1, f"--local-steps must be >= 1, got {cfg.local_steps}")
+    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
+    need(cfg.server in ("",) + SERVER_AGGREGATIONS,
+         f"--server must be one of {', '.join(SERVER_AGGREGATIONS)} (or empty for gossip), got {cfg.server!r}")
+    need(cfg.task in ("auto", "classification", "causal_lm"), f"--task must be auto, classification or causal_lm, got {cfg.task!r}")
+    need(cfg.schedule in ("constant", "linear", "cosine"), f"--schedule must be constant, linear or cosine, got {cfg.schedule!r}")
+    try:
+        ranks = cfg.rank_list()
+    except ValueError:
+        raise ConfigError(f"--ranks must be integers like 8 or 8,8,4,4, got {cfg.ranks!r}") from None
+    need(len(ranks) == cfg.peers, f"--ranks lists {len(ranks)} values for {cfg.peers} peers; give one value or one per peer")
+    need(all(r >= 1 for r in ranks), f"--ranks must all be >= 1, got {cfg.ranks!r}")
+    if cfg.mode == "gossip" and not cfg.server:
+        need(len(set(ranks)) == 1, "gossip averages A and B, so ranks must match; use --mode svd, stack or zeropad "
+                                   "for heterogeneous ranks")
+    need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
+    need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
+         f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")
+    for path_field in ("model", "data", "eval_data"):
+        value = getattr(cfg, path_field)
+        if value and not value.startswith("tiny-") and not Path(value).exists():
+            raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")
+    return cfg
+
+
+# ---- flags and files -------------------------------------------------------------------------------------------------
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field; defaults are None so that `resolve` can tell 'not given' from 'given'."""
+    parser.add_argument("--config", default=None, help="TOML file whose keys match these flags")
+    for f in fields(RunConfig):
+        if f.name in skip:
+            continue
+        kw = {"help": f.metadata["help"] + f" (default: {f.default!r})", "default": None, "dest": f.name}
+        if f.type in ("bool", bool):
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            caster = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag_name(f.name), type=caster, **kw)
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a run config file: TOML, or the config.json that a run writes (so a run can be repeated from it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    if path.suffix == ".json":
+        try:
+            return normalize_keys(json.loads(path.read_text()), source=str(path))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    return normalize_keys(raw, source=str(path))
+
+
+def normalize_keys(raw: dict, source: str) -> dict:
+    known = {f.name: f for f in fields(RunConfig)}
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}; valid keys are the flags of `declora simulate --help`")
+        if name == "ranks" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        out[name] = value
+    return out
+
+
+def resolve(args: argparse.Namespace | None = None, file_values: dict | None = None, **overrides) -> RunConfig:
+    """defaults < TOML file (--config) < flags < keyword overrides; then validate."""
+    values: dict = {}
+    if args is not None and getattr(args, "config", None):
+        values.update(load_toml(args.config))
+    if file_values:
+        values.update(file_values)
+    if args is not None:
+        values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
+                       if getattr(args, f.name, None) is not None})
+    values.update(overrides)
+    try:
+        cfg = RunConfig(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    return validate(cfg)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a resolved config written by `write_run_config` (config.json) or a TOML file."""
+    return validate(RunConfig(**load_toml(path)))
+
+
+def write_run_config(cfg: RunConfig, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,254 @@
+"""Start peer processes and watch them: N peers on this host (`declora simulate`) or this node's share of a
+multi-node run (`declora launch-node`). One line of progress per round; summary.json and plots at the end.
+
+Every peer is a separate OS process running `python -m declora.peer` (the same code as `declora peer`); they talk
+ZeroMQ over TCP. The launcher never touches tensors: it reads the peers' metrics files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .addressbook import free_loopback_ports, write_addresses
+from .config import RunConfig, write_run_config
+from .metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
+
+POLL_S = 0.5
+
+
+def server_id(cfg: RunConfig) -> int:
+    """The parameter server, when there is one, takes the id after the last client."""
+    return cfg.peers
+
+
+def process_ids(cfg: RunConfig) -> list[int]:
+    """The OS processes of a run: one per peer, one for centralized training, plus the server for a server run."""
+    if cfg.mode == "centralized":
+        return [0]
+    return list(range(cfg.peers)) + ([server_id(cfg)] if cfg.server else [])
+
+
+def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
+    return cfg.threads or max(1, (os.cpu_count() or 1) // max(1, local_processes))
+
+
+def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "peer") -> list[str]:
+    return [sys.executable, "-m", f"declora.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
+            "--threads", str(threads)]
+
+
+class PeerProcesses:
+    """The child processes of this launcher, their logs, and how each ended."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.logs: dict[int, Path] = {}
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def start(self, peer_id: int, cmd: list[str], env: dict) -> None:
+        name = "server" if "declora.server" in cmd else f"peer-{peer_id}"
+        self.logs[peer_id] = self.run_dir / "logs" / f"{name}.log"
+        log = open(self.logs[peer_id], "ab")
+        # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child.
+        self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               start_new_session=True)
+        log.close()
+
+    def failures(self) -> dict[int, int]:
+        return {pid: p.returncode for pid, p in self.procs.items() if p.poll() is not None and p.returncode != 0}
+
+    def running(self) -> list[int]:
+        return [pid for pid, p in self.procs.items() if p.poll() is None]
+
+    def log_tail(self, peer_id: int, lines: int = 8) -> str:
+        try:
+            text = self.logs[peer_id].read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text[-lines:])
+
+    def why(self, peer_id: int) -> str:
+        """The last meaningful line of a dead peer's log: usually the exception."""
+        text = self.log_tail(peer_id, 40).splitlines()
+        for line in reversed(text):
+            if line.strip() and not line.strip().startswith(("File ", "^", "~")):
+                return line.strip()
+        return "no output"
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
+    """Create DIR, choose loopback ports when none were given, write the resolved config and addresses."""
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists():
+        # Resume with the same ports so that the peers' saved addresses stay right.
+        return cfg, config_path
+    ids = process_ids(cfg)
+    if not cfg.hosts and not cfg.base_port:
+        ports = free_loopback_ports(len(ids))
+        write_addresses(run_dir, {pid: f"tcp://127.0.0.1:{port}" for pid, port in zip(ids, ports)})
+    write_run_config(cfg, config_path)
+    return cfg, config_path
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def simulate(cfg: RunConfig, out=sys.stdout) -> int:
+    """Run every process of the run on this host; return the exit status for the command."""
+    cfg, config_path = prepare_run_dir(cfg)
+    return run_processes(cfg, config_path, process_ids(cfg), out=out)
+
+
+def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.stdout) -> int:
+    run_dir = Path(cfg.out)
+    threads = threads_per_process(cfg, len(ids))
+    procs = PeerProcesses(run_dir)
+    env = child_env()
+    started = time.time()
+    print(f"declora: {describe(cfg)}; {len(ids)} processes x {threads} threads; output in {run_dir}", file=out, flush=True)
+    for pid in ids:
+        role = "server" if cfg.server and pid == server_id(cfg) else "peer"
+        procs.start(pid, peer_command(config_path, pid, threads, role), env)
+    expected = len([pid for pid in ids if not (cfg.server and pid == server_id(cfg))])
+    printed = -1
+    dead_reported: set[int] = set()
+    status = 0
+    try:
+        while True:
+            for pid, code in procs.failures().items():
+                if pid in dead_reported:
+                    continue
+                dead_reported.add(pid)
+                who = "server" if cfg.server and pid == server_id(cfg) else f"peer {pid}"
+                print(f"declora: {who} died (exit code {code}): {procs.why(pid)}\n  log: {procs.logs[pid]}\n"
+                      f"{procs.log_tail(pid)}", file=out, flush=True)
+                if not cfg.fault_tolerant:
+                    status = 1
+            if status:
+                break
+            printed = print_new_rounds(run_dir, cfg, printed, out, expected)
+            if not procs.running():
+                break
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        print("declora: interrupted, stopping peers", file=out, flush=True)
+        status = 130
+    finally:
+        procs.stop_all()
+    print_new_rounds(run_dir, cfg, printed, out, expected, final=True)
+    if status == 0 and dead_reported and cfg.fault_tolerant:
+        print(f"declora: finished without {len(dead_reported)} dead process(es) (fault tolerance on)", file=out)
+    return finish(cfg, run_dir, time.time() - started, status, out)
+
+
+def print_new_rounds(run_dir: Path, cfg: RunConfig, printed: int, out, expected: int, final: bool = False) -> int:
+    per_peer = read_run_metrics(run_dir)
+    if not per_peer:
+        return printed
+    for row in round_table(per_peer):
+        # Print a round once every peer has reported it (or at the end, whatever is there).
+        if row["round"] > printed and (row["peers_reporting"] >= expected or final):
+            print(progress_line(row, cfg.rounds), file=out, flush=True)
+            printed = row["round"]
+    return printed
+
+
+def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> int:
+    per_peer = read_run_metrics(run_dir)
+    extra = {"status": "ok" if status == 0 else "failed"}
+    server_metrics = run_dir / "metrics" / "server.jsonl"
+    if server_metrics.exists():
+        from .metrics import read_jsonl
+
+        extra["server"] = read_jsonl(server_metrics)
+    summary = summarize(cfg.to_json(), per_peer, wall_s, extra)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        plots = plot_run(run_dir, per_peer)
+    except Exception as e:  # noqa: BLE001 - a plot failure must not hide the run's results
+        plots = []
+        print(f"declora: could not draw plots: {e}", file=out)
+    final = summary["final"]
+    if "accuracy_mean" in final:
+        print(f"declora: final accuracy mean {final['accuracy_mean']:.4f} min {final['accuracy_min']:.4f} "
+              f"max {final['accuracy_max']:.4f}", file=out)
+    elif "loss_mean" in final:
+        print(f"declora: final eval loss mean {final['loss_mean']:.4f} (perplexity {final['perplexity_mean']:.2f})",
+              file=out)
+    print(f"declora: {summary['bytes_sent_total'] / 1e6:.2f} MB sent, {wall_s:.0f} s; wrote {run_dir}/summary.json"
+          + "".join(f", {p.name}" for p in plots), file=out, flush=True)
+    return status
+
+
+def describe(cfg: RunConfig) -> str:
+    if cfg.mode == "centralized":
+        return f"centralized, {cfg.rounds} rounds x {cfg.local_steps * cfg.peers} steps"
+    what = f"server {cfg.server}" if cfg.server else f"{cfg.mode} on {cfg.topology_spec()}"
+    return f"{cfg.peers} peers, {what}, codec {cfg.codec}, {cfg.rounds} rounds x {cfg.local_steps} steps"
+
+
+# ---- multi-node ----------------------------------------------------------------------------------------------------
+def node_environment(env: dict | None = None) -> tuple[int, int, int | None]:
+    """(node rank, number of nodes, local processes or None) from torchrun-style or SLURM variables."""
+    env = os.environ if env is None else env
+    for rank_key, count_key, local_key in (("NODE_RANK", "NNODES", "LOCAL_WORLD_SIZE"),
+                                           ("SLURM_NODEID", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE")):
+        if rank_key in env:
+            local = env.get(local_key)
+            return int(env[rank_key]), int(env.get(count_key, "1")), int(local.split("(")[0]) if local else None
+    return 0, 1, None
+
+
+def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | None = None, out=sys.stdout) -> int:
+    """Start the peers of this node: node r runs peers r*L .. r*L+L-1 (L = peers per node)."""
+    node, nnodes, local = node_environment(env)
+    per_node = cfg.peers_per_node or local or _local_gpu_count() or max(1, cfg.peers // nnodes)
+    cfg = replace(cfg, peers_per_node=per_node)
+    ids = [i for i in range(node * per_node, min(cfg.peers, (node + 1) * per_node))]
+    if cfg.server and node == 0:
+        ids.append(server_id(cfg))
+    if not ids:
+        print(f"declora: node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node)", file=out)
+        return 2
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / f"config.node{node}.json"
+    write_run_config(cfg, config_path)
+    print(f"declora: node {node}/{nnodes} runs peers {ids}", file=out, flush=True)
+    return run_processes(cfg, config_path, ids, out=out)
+
+
+def _local_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0

@@ -1,0 +1,184 @@
+"""Metrics: one JSONL file per peer (one line per round), a run summary, and PNG plots.
+
+Peers append; the launcher reads the files while the run goes (progress lines) and at the end (summary, plots).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from statistics import mean
+
+
+class MetricsWriter:
+    """Appends one JSON object per line and flushes it, so a reader (or a crash) never sees half a round."""
+
+    def __init__(self, path: str | Path, truncate_after_round: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after_round is not None and self.path.exists():
+            # On resume, drop lines of rounds that the checkpoint does not cover, so no round appears twice.
+            kept = [r for r in read_jsonl(self.path) if r.get("round", -1) <= truncate_after_round]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read complete lines; a torn last line (the writer is mid-write) is ignored."""
+    records = []
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return records
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def read_run_metrics(run_dir: str | Path) -> dict[int, list[dict]]:
+    """peer id -> its round records, from DIR/metrics/peer-*.jsonl."""
+    out = {}
+    for path in sorted(Path(run_dir, "metrics").glob("peer-*.jsonl")):
+        out[int(path.stem.split("-")[1])] = read_jsonl(path)
+    return out
+
+
+def eval_key(records: list[dict]) -> str | None:
+    """The eval metric the records carry: accuracy for classification, loss for causal LM."""
+    for r in records:
+        for key in ("eval_accuracy", "eval_loss"):
+            if r.get(key) is not None:
+                return key
+    return None
+
+
+def round_table(per_peer: dict[int, list[dict]]) -> list[dict]:
+    """Per-round means (and min/max of the eval metric) over the peers that finished that round."""
+    by_round: dict[int, list[dict]] = {}
+    for records in per_peer.values():
+        for r in records:
+            by_round.setdefault(r["round"], []).append(r)
+    metric = eval_key([r for rs in per_peer.values() for r in rs])
+    rows = []
+    for t in sorted(by_round):
+        rs = by_round[t]
+        row = {"round": t, "peers_reporting": len(rs)}
+        for key in ("train_loss", "round_seconds", "bytes_sent", "bytes_received", "neighbours_heard",
+                    "distance_to_neighbours"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                row[key] = mean(vals)
+        if metric:
+            vals = [r[metric] for r in rs if r.get(metric) is not None]
+            if vals:
+                row[f"{metric}_mean"], row[f"{metric}_min"], row[f"{metric}_max"] = mean(vals), min(vals), max(vals)
+        row["bytes_sent_total"] = sum(r.get("bytes_sent", 0) for r in rs)
+        row["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in rs)
+        rows.append(row)
+    return rows
+
+
+def summarize(cfg_json: dict, per_peer: dict[int, list[dict]], wall_seconds: float, extra: dict | None = None) -> dict:
+    rows = round_table(per_peer)
+    final: dict = {}
+    last = {pid: rs[-1] for pid, rs in per_peer.items() if rs}
+    accs = [r["eval_accuracy"] for r in last.values() if r.get("eval_accuracy") is not None]
+    losses = [r["eval_loss"] for r in last.values() if r.get("eval_loss") is not None]
+    if accs:
+        final.update(accuracy_mean=mean(accs), accuracy_min=min(accs), accuracy_max=max(accs),
+                     accuracy_per_peer={pid: r.get("eval_accuracy") for pid, r in sorted(last.items())})
+    if losses:
+        final.update(loss_mean=mean(losses), loss_min=min(losses), loss_max=max(losses),
+                     perplexity_mean=mean(math.exp(min(x, 50.0)) for x in losses))
+    summary = {
+        "mode": cfg_json.get("server") and f"server:{cfg_json['server']}" or cfg_json.get("mode"),
+        "peers": len(per_peer),
+        "rounds": max((len(rs) for rs in per_peer.values()), default=0),
+        "codec": cfg_json.get("codec"),
+        "topology": cfg_json.get("topology"),
+        "final": final,
+        "bytes_sent_total": sum(sum(r.get("bytes_sent", 0) for r in rs) for rs in per_peer.values()),
+        "bytes_received_total": sum(sum(r.get("bytes_received", 0) for r in rs) for rs in per_peer.values()),
+        "wall_seconds": wall_seconds,
+        "rounds_table": rows,
+    }
+    # `rounds` is the per-round list asked for by users of summary.json; keep the count under `rounds_completed`.
+    summary["rounds_completed"] = summary["rounds"]
+    summary["rounds"] = rows
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def progress_line(row: dict, total_rounds: int) -> str:
+    parts = [f"round {row['round'] + 1:>3}/{total_rounds}"]
+    if "eval_accuracy_mean" in row:
+        parts.append(f"acc mean {row['eval_accuracy_mean']:.4f} min {row['eval_accuracy_min']:.4f} "
+                     f"max {row['eval_accuracy_max']:.4f}")
+    elif "eval_loss_mean" in row:
+        parts.append(f"eval loss mean {row['eval_loss_mean']:.4f} min {row['eval_loss_min']:.4f} "
+                     f"max {row['eval_loss_max']:.4f}")
+    if "train_loss" in row:
+        parts.append(f"loss {row['train_loss']:.4f}")
+    parts.append(f"sent {row['bytes_sent_total'] / 1e6:.2f} MB")
+    if "round_seconds" in row:
+        parts.append(f"{row['round_seconds']:.1f} s")
+    parts.append(f"t={row['elapsed_s']:.0f}s")
+    return " | ".join(parts)
+
+
+def plot_run(run_dir: str | Path, per_peer: dict[int, list[dict]]) -> list[Path]:
+    """eval metric per round per peer, and distance to neighbours per round (the consensus picture)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    written = []
+    metric = eval_key([r for rs in per_peer.values() for r in rs])
+    if metric:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for pid, rs in sorted(per_peer.items()):
+            pts = [(r["round"] + 1, r[metric]) for r in rs if r.get(metric) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"peer {pid}")
+        ax.set_xlabel("round")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(run_dir / f"{metric}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    rows = round_table(per_peer)
+    pts = [(r["round"] + 1, r["distance_to_neighbours"]) for r in rows if r.get("distance_to_neighbours") is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.semilogy(*zip(*pts), marker="o")
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean squared distance to neighbours (after mixing)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(run_dir / "consensus.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
