@@ -63,8 +63,8 @@ def _run_topology_show(args) -> int:
         print(t.description)
     addresses = {node.id: _address_text(node) for node in t.nodes}
     width = max(len(a) for a in addresses.values())
-    print(f"{'node':>4}  {'address':<{width}}  degree  mixing row (peer:weight)" if width else
-          "node  degree  mixing row (peer:weight)")
+    address_column = f"  {'address':<{width}}" if width else ""
+    print(f"node{address_column}  degree  mixing row (peer:weight)")
     for i in range(t.n):
         row = topo.mixing_row(M, i)
         cells = [f"self:{row.pop(i, 0.0):.4f}"] + [f"{j}:{w:.4f}" for j, w in sorted(row.items())]
@@ -133,7 +133,7 @@ def _draw_topology(t, M, gap: float, rule: str, path: str) -> None:
     elif kind in ("ring", "exp", "complete", "star", "smallworld"):
         pos = nx.circular_layout(t.graph)
     else:
-        pos = nx.spring_layout(t.graph, seed=0)
+        pos = nx.spring_layout(t.graph, k=2 / t.n**0.5, iterations=200, seed=0)  # spread out, deterministic
     fig = Figure(figsize=(6, 6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -163,7 +163,53 @@ def _add_keys(sub) -> None:
 
 # ---- simulate / peer / launch-node / server ---------------------------------------------------------------------------
 def _add_run_commands(sub) -> None:
-    pass
+    from .config import add_flags
+
+    p = sub.add_parser("simulate", help="run N peer processes on this host (the main job)",
+                       description="Start N peer processes on this host that fine-tune with LoRA and gossip over "
+                                   "ZeroMQ on loopback; print a line per round; write DIR/summary.json and plots.")
+    add_flags(p)
+    p.set_defaults(func=_run_simulate)
+
+    p = sub.add_parser("peer", help="run one peer of a multi-node run",
+                       description="Run one peer; its neighbours' addresses come from a topology file with "
+                                   "host/port per node, or --hosts with --base-port.")
+    p.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
+    add_flags(p)
+    p.set_defaults(func=_run_peer)
+
+    p = sub.add_parser("launch-node", help="start this node's peers (SLURM or torchrun-style variables)",
+                       description="Start the peers of this node: node NODE_RANK (or SLURM_NODEID) of NNODES runs "
+                                   "peers NODE_RANK*L .. NODE_RANK*L+L-1, L = LOCAL_WORLD_SIZE or one per GPU.")
+    add_flags(p)
+    p.set_defaults(func=_run_launch_node)
+
+
+def _resolved(args):
+    from .config import ConfigError, resolve
+
+    try:
+        return resolve(args)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def _run_simulate(args) -> int:
+    from .launch import simulate
+
+    return simulate(_resolved(args))
+
+
+def _run_peer(args) -> int:
+    from .peer import main as peer_main
+
+    return peer_main(sys.argv[2:] if args.argv is None else args.argv)
+
+
+def _run_launch_node(args) -> int:
+    from .launch import launch_node
+
+    return launch_node(_resolved(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:] if argv is not None else None
     try:
         return int(args.func(args) or 0)
     except CliError as e:

@@ -1,0 +1,416 @@
+"""Encode and decode one tensor for the wire; exact byte counts; error feedback.
+
+Pure torch + numpy (no zmq, no msgpack): `protocol.py` puts `Encoded.meta` in the msgpack header and
+`Encoded.buffers` in the following ZeroMQ frames, and hands received frames back to `Codec.decode`.
+
+Codecs (hivemind style: one small object each, with encode, decode and an exact size known in advance):
+
+- `fp32`: the raw float32 bytes.
+- `fp16`, `bf16`: a cast; bf16 travels as its raw 2-byte pattern (numpy has no bf16).
+- `int8`, `int4`: block-wise absmax quantization of the flattened tensor. Each block of `block` consecutive
+  elements (the last block may be shorter: it is simply a partial block, nothing is padded on the wire)
+  gets one float32 scale `absmax / qmax`, and codes `round(x / scale)` in [-qmax, qmax] (symmetric: qmax = 127
+  for int8, 7 for int4). int4 codes are stored offset by +8 as nibbles, two per byte, element 2i in the low
+  nibble; an odd element count leaves a zero pad nibble in the last byte.
+  Optional stochastic rounding `floor(x / scale + U[0, 1))` is unbiased: E[decode(encode(x))] = x.
+
+Wire layout (little-endian, as every platform torch runs on):
+    fp32/fp16/bf16: (values,)                      numel * 4 / 2 / 2 bytes
+    int8:           (codes int8, scales float32)   numel + 4 * nblocks bytes
+    int4:           (codes uint8, scales float32)  ceil(numel / 2) + 4 * nblocks bytes
+with `nblocks = ceil(numel / block)` and `meta = {"block": block}` for int8/int4, `{}` otherwise.
+
+Why float32 scales and not fp16: fp16 would save 2 bytes per block (int8 at block 64: 0.2578 instead of 0.2656 of
+fp32's bytes) but its normal range ends at 6.1e-5, i.e. blocks whose absmax is below ~7.8e-3 (int8) get subnormal,
+imprecise scales, and below ~4e-6 they flush to zero. LoRA B factors start at zero and stay that small for a while,
+so that is the common case, not a corner: benchmarks/bench_codecs.py measures it (rel-RMS of int8 at sigma=1e-4 with
+fp16 scales is several times worse than with fp32 scales; at sigma=1 both are the same). Range safety wins.
+
+Decoding never trusts its input: shape, meta, buffer count and every buffer's exact length are checked before
+anything is allocated, scales must be finite, non-negative and small enough that no code can overflow float32, and
+float payloads are checked for NaN/Inf. Anything wrong raises ValueError saying what.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4")
+
+DEFAULT_BLOCK = 64
+MAX_BLOCK = 1 << 20
+MAX_NDIM = 32
+MAX_DIM = 1 << 40  # torch sizes are int64; this keeps products of hostile dims far from overflow
+
+_F32_MAX = float(np.finfo(np.float32).max)
+# A scale above this could overflow float32 for the most negative code a hostile sender can put in a byte
+# (-128 for int8, -8 for int4), so both encoder and decoder refuse it: decoded values are finite by construction
+# and decode needs no pass over the values to check them.
+_MAX_SCALE = _F32_MAX / 128
+# Blocks whose absmax is below this encode as all zeros (scale 0): 127 / absmax would overflow float32 for
+# subnormal absmax, and an absolute error under 2^-100 is nothing for a model weight.
+_TINY = 2.0**-100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded tensor: header fields (codec, shape, meta) plus raw buffers that go out as frames unchanged."""
+
+    codec: str
+    shape: tuple[int, ...]
+    meta: dict
+    buffers: tuple
+
+    @property
+    def nbytes(self) -> int:
+        """The exact payload size: the sum of the buffers' byte lengths (the header is counted by protocol)."""
+        return sum(memoryview(b).nbytes for b in self.buffers)
+
+
+class Codec:
+    """Base class: `encode` a tensor, `decode` shape + meta + buffers, and the exact encoded size in advance."""
+
+    name: str = ""
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+        raise NotImplementedError
+
+    def decode(self, shape, meta: dict, buffers: Sequence) -> torch.Tensor:
+        raise NotImplementedError
+
+    def buffer_nbytes(self, shape, meta: dict | None = None) -> tuple[int, ...]:
+        """Exact byte length of each buffer for `shape` (and a received `meta`; default: this codec's own)."""
+        raise NotImplementedError
+
+    def encoded_nbytes(self, shape) -> int:
+        """Exact total size of `encode()`'s buffers for a tensor of `shape`."""
+        return sum(self.buffer_nbytes(shape))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _flat_float32(x: torch.Tensor, codec: str) -> torch.Tensor:
+    """`x` as a contiguous 1-D float32 CPU tensor (a view of `x` when it already is one)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{codec} codec: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{codec} codec: expected a floating-point tensor, got {x.dtype}")
+    return x.detach().to(device="cpu", dtype=torch.float32).contiguous().reshape(-1)
+
+
+def _refuse_nonfinite(flat: torch.Tensor, codec: str) -> None:
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError(f"{codec} codec: input has NaN or Inf")
+
+
+def _byte_view(t: torch.Tensor) -> memoryview:
+    """A flat byte memoryview of a contiguous CPU tensor's storage: zero copy, and it keeps the storage alive."""
+    return memoryview(t.numpy()).cast("B")
+
+
+def _check_shape(shape) -> tuple[tuple[int, ...], int]:
+    """Validate a (possibly hostile) shape; return it as a tuple and its element count."""
+    if not isinstance(shape, (tuple, list)):
+        raise ValueError(f"shape must be a list or tuple of ints, got {type(shape).__name__}")
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"shape has {len(shape)} dimensions, more than {MAX_NDIM}")
+    for d in shape:
+        # bool is an int subclass; a shape of True/False is a bug or an attack, not a size.
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0 or d > MAX_DIM:
+            raise ValueError(f"bad shape {list(shape)!r}: every dimension must be an int in [0, {MAX_DIM}]")
+    return tuple(int(d) for d in shape), math.prod(shape)
+
+
+def _check_block(meta) -> int:
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    block = meta.get("block")
+    if not isinstance(block, int) or isinstance(block, bool) or not 1 <= block <= MAX_BLOCK:
+        raise ValueError(f"meta 'block' must be an int in [1, {MAX_BLOCK}], got {block!r}")
+    return block
+
+
+def _byte_buffers(buffers, expected: tuple[int, ...], codec: str) -> list[memoryview]:
+    """Check the buffer count and each buffer's exact length; return flat byte memoryviews (no copies)."""
+    if not isinstance(buffers, (tuple, list)):
+        raise ValueError(f"{codec} codec: buffers must be a list or tuple, got {type(buffers).__name__}")
+    if len(buffers) != len(expected):
+        raise ValueError(f"{codec} codec: expected {len(expected)} buffer(s), got {len(buffers)}")
+    views = []
+    for i, (buf, want) in enumerate(zip(buffers, expected)):
+        try:
+            mv = memoryview(buf)
+        except TypeError:
+            raise ValueError(f"{codec} codec: buffer {i} is a {type(buf).__name__}, not a bytes-like object") from None
+        if not mv.c_contiguous:
+            raise ValueError(f"{codec} codec: buffer {i} is not contiguous")
+        if mv.nbytes != want:
+            raise ValueError(f"{codec} codec: buffer {i} has {mv.nbytes} bytes, expected {want} for this shape")
+        views.append(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv)
+    return views
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fp32 / fp16 / bf16
+
+
+class FloatCodec(Codec):
+    """A plain cast to a float dtype of `itemsize` bytes per element."""
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name = name
+        self.dtype = dtype
+        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+
+    def buffer_nbytes(self, shape, meta: dict | None = None) -> tuple[int, ...]:
+        _, numel = _check_shape(list(shape) if isinstance(shape, torch.Size) else shape)
+        return (numel * self.itemsize,)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+        flat = _flat_float32(x, self.name)
+        if self.dtype == torch.float32:
+            _refuse_nonfinite(flat, self.name)
+            # The buffers go out as frames without copying, maybe after the caller's next optimizer step: never
+            # hand out the caller's own storage.
+            wire = flat.clone() if flat.data_ptr() == x.data_ptr() else flat
+        else:
+            wire = flat.to(self.dtype)
+            # Checking after the cast also catches finite values that overflow fp16 (|x| > 65504).
+            if not bool(torch.isfinite(wire).all()):
+                _refuse_nonfinite(flat, self.name)
+                raise ValueError(f"{self.name} codec: input exceeds the {self.name} range (max {torch.finfo(self.dtype).max:g})")
+            if self.dtype == torch.bfloat16:
+                wire = wire.view(torch.int16)  # numpy has no bf16: ship the raw 2-byte patterns
+        return Encoded(self.name, tuple(x.shape), {}, (_byte_view(wire),))
+
+    def decode(self, shape, meta: dict, buffers: Sequence) -> torch.Tensor:
+        shape, numel = _check_shape(shape)
+        if not isinstance(meta, dict):
+            raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+        (raw,) = _byte_buffers(buffers, (numel * self.itemsize,), self.name)
+        out = torch.from_numpy(self._to_float32(raw)).reshape(shape)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"{self.name} codec: decoded values contain NaN or Inf")
+        return out
+
+    def _to_float32(self, raw: memoryview) -> np.ndarray:
+        """A fresh, writable, aligned float32 array from the wire bytes (the received frame is read-only)."""
+        if self.dtype == torch.float32:
+            return np.frombuffer(raw, dtype="<f4").copy()
+        if self.dtype == torch.float16:
+            return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        # bf16 is the top half of a float32: widen the 16-bit pattern and shift it into place.
+        wide = np.frombuffer(raw, dtype="<u2").astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8 / int4: block-wise absmax
+
+
+def _split_blocks(flat: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of the full blocks as (nfull, block) and of the partial last block (possibly empty): no copies."""
+    full = flat.numel() // block * block
+    return flat[:full].view(-1, block), flat[full:]
+
+
+def _block_absmax(flat: torch.Tensor, block: int) -> torch.Tensor:
+    main, tail = _split_blocks(flat, block)
+    absmax = main.abs().amax(dim=1)
+    if tail.numel():
+        absmax = torch.cat([absmax, tail.abs().amax().reshape(1)])
+    return absmax
+
+
+def _mul_blocks(src: torch.Tensor, block: int, factors: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = src * factors[block index], for flat tensors; `out` may be `src` (in place)."""
+    src_main, src_tail = _split_blocks(src, block)
+    out_main, out_tail = _split_blocks(out, block)
+    nfull = src_main.shape[0]
+    torch.mul(src_main, factors[:nfull, None], out=out_main)
+    if src_tail.numel():
+        torch.mul(src_tail, factors[nfull:], out=out_tail)
+    return out
+
+
+class BlockQuantCodec(Codec):
+    """Symmetric block-wise absmax quantization to `bits` (8 or 4) with float32 scales."""
+
+    def __init__(self, name: str, bits: int, block_size: int = DEFAULT_BLOCK, stochastic: bool = False):
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or not 1 <= block_size <= MAX_BLOCK:
+            raise ValueError(f"block_size must be an int in [1, {MAX_BLOCK}], got {block_size!r}")
+        self.name = name
+        self.bits = bits
+        self.qmax = (1 << (bits - 1)) - 1  # 127 or 7: symmetric, so 0 is exact and no code is wasted on bias
+        self.block_size = block_size
+        self.stochastic = bool(stochastic)
+
+    def __repr__(self) -> str:
+        return f"BlockQuantCodec({self.name!r}, block_size={self.block_size}, stochastic={self.stochastic})"
+
+    def _layout(self, numel: int, block: int) -> tuple[int, int]:
+        code_bytes = numel if self.bits == 8 else (numel + 1) // 2
+        return code_bytes, 4 * (-(-numel // block))
+
+    def buffer_nbytes(self, shape, meta: dict | None = None) -> tuple[int, ...]:
+        _, numel = _check_shape(list(shape) if isinstance(shape, torch.Size) else shape)
+        block = self.block_size if meta is None else _check_block(meta)
+        return self._layout(numel, block)
+
+    # -- encode ------------------------------------------------------------------------------------------------
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
+        flat = _flat_float32(x, self.name)
+        block = self.block_size
+        scale, inv = self._scales(flat, block)
+        codes = self._codes(flat, block, inv, generator)
+        packed = codes if self.bits == 8 else self._pack4(codes)
+        return Encoded(self.name, tuple(x.shape), {"block": block}, (_byte_view(packed), _byte_view(scale)))
+
+    def _scales(self, flat: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-block scale (what decode multiplies by) and its inverse (what encode multiplies by)."""
+        absmax = _block_absmax(flat, block)
+        # NaN propagates through amax, so one check on the (small) absmax vector covers the whole input.
+        if not bool(torch.isfinite(absmax).all()):
+            raise ValueError(f"{self.name} codec: input has NaN or Inf")
+        live = absmax >= _TINY
+        scale = torch.where(live, absmax / self.qmax, 0.0)
+        if absmax.numel() and float(scale.max()) > _MAX_SCALE:
+            raise ValueError(f"{self.name} codec: input magnitude {float(absmax.max()):g} is too large to quantize")
+        # Multiplying by qmax/absmax (not dividing by scale) is cheaper; the max element maps to qmax within 1 ulp.
+        inv = torch.where(live, self.qmax / absmax.clamp_min(_TINY), 0.0)
+        return scale, inv
+
+    def _codes(self, flat: torch.Tensor, block: int, inv: torch.Tensor, generator) -> torch.Tensor:
+        """Integer codes in [-qmax, qmax] as int8; int4 gets an even count (a zero pad code) for packing."""
+        numel = flat.numel()
+        t = torch.empty(numel + (numel & 1 if self.bits == 4 else 0))
+        t[numel:] = 0
+        v = _mul_blocks(flat, block, inv, t[:numel])
+        if self.stochastic:
+            v.add_(torch.rand(numel, generator=generator)).floor_()
+            # floor(qmax + 1ulp + u) can reach qmax + 1, which would wrap in int8.
+            v.clamp_(-self.qmax, self.qmax)
+        else:
+            v.round_()  # |v| <= qmax * (1 + 1ulp), so rounding cannot leave [-qmax, qmax]
+        return t.to(torch.int8)
+
+    @staticmethod
+    def _pack4(codes: torch.Tensor) -> torch.Tensor:
+        nib = (codes + 8).view(torch.uint8).view(-1, 2)  # [-7, 7] -> [1, 15]; 0 is never produced
+        return nib[:, 0] | (nib[:, 1] << 4)
+
+    # -- decode ------------------------------------------------------------------------------------------------
+
+    def decode(self, shape, meta: dict, buffers: Sequence) -> torch.Tensor:
+        shape, numel = _check_shape(shape)
+        block = _check_block(meta)
+        raw_codes, raw_scales = _byte_buffers(buffers, self._layout(numel, block), self.name)
+        scale = self._read_scales(raw_scales)
+        out = self._unpack_float(raw_codes, numel)
+        return _mul_blocks(out, block, scale, out).reshape(shape)
+
+    def _read_scales(self, raw: memoryview) -> torch.Tensor:
+        scale = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy())  # copy: writable and aligned
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"{self.name} codec: scales contain NaN or Inf")
+        if scale.numel() and (float(scale.min()) < 0 or float(scale.max()) > _MAX_SCALE):
+            raise ValueError(
+                f"{self.name} codec: scales must lie in [0, {_MAX_SCALE:g}], got [{float(scale.min()):g}, {float(scale.max()):g}]"
+            )
+        return scale
+
+    def _unpack_float(self, raw: memoryview, numel: int) -> torch.Tensor:
+        """The codes as a fresh float32 tensor of `numel` elements (numpy converts straight from the read-only frame)."""
+        if self.bits == 8:
+            return torch.from_numpy(np.frombuffer(raw, dtype=np.int8).astype(np.float32))
+        # A 256-entry table maps each byte to its two decoded codes in one gather: (low nibble, high nibble) - 8.
+        pairs = _INT4_TABLE[np.frombuffer(raw, dtype=np.uint8)]
+        return torch.from_numpy(pairs.reshape(-1)[:numel])
+
+
+_b = np.arange(256)
+_INT4_TABLE = np.stack([(_b & 15) - 8, (_b >> 4) - 8], axis=1).astype(np.float32)
+del _b
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = False) -> Codec:
+    """A codec by name; `block_size` and `stochastic` matter only for int8/int4."""
+    if name == "fp32":
+        return FloatCodec("fp32", torch.float32)
+    if name == "fp16":
+        return FloatCodec("fp16", torch.float16)
+    if name == "bf16":
+        return FloatCodec("bf16", torch.bfloat16)
+    if name == "int8":
+        return BlockQuantCodec("int8", 8, block_size, stochastic)
+    if name == "int4":
+        return BlockQuantCodec("int4", 4, block_size, stochastic)
+    raise ValueError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
+
+
+class ErrorFeedback:
+    """CHOCO-SGD style: the sender keeps what quantization lost (x - Q(x)) per key and adds it to the next message.
+
+    Then the sum of what receivers decoded over rounds equals the sum of the inputs minus the last residual, so the
+    gap stays within one quantization step instead of growing with the number of rounds. A key whose shape changes
+    (a rank change, say) starts again with no residual. Not thread-safe: one instance per sending peer.
+    """
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self._residual: dict[str, torch.Tensor] = {}
+
+    def encode(self, key: str, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[Encoded, torch.Tensor]:
+        """Encode x plus the residual of `key`; return (message, the float32 CPU value the receiver will decode)."""
+        target = _flat_float32(x, self.codec.name).reshape(x.shape)
+        residual = self._residual.get(key)
+        if residual is not None and residual.shape == target.shape:
+            target = target + residual
+        enc = self.codec.encode(target, generator)  # raises on NaN/Inf before any state changes
+        decoded = self.codec.decode(enc.shape, enc.meta, enc.buffers)
+        self._residual[key] = target - decoded
+        return enc, decoded
+
+    def residual(self, key: str) -> torch.Tensor | None:
+        return self._residual.get(key)
+
+    def reset(self, key: str | None = None) -> None:
+        """Forget every residual, or only that of `key`."""
+        if key is None:
+            self._residual.clear()
+        else:
+            self._residual.pop(key, None)
+
+    def state_dict(self) -> dict:
+        return {"codec": self.codec.name, "residuals": {k: v.clone() for k, v in self._residual.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore residuals from `state_dict()` output (e.g. a peer checkpoint); checks them first."""
+        residuals = state.get("residuals") if isinstance(state, dict) else None
+        if not isinstance(residuals, dict):
+            raise ValueError("error-feedback state must be a dict with a 'residuals' dict")
+        loaded = {}
+        for key, value in residuals.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise ValueError(f"error-feedback residual {key!r} must be a floating-point tensor under a str key")
+            value = value.detach().to(device="cpu", dtype=torch.float32).clone()
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"error-feedback residual {key!r} has NaN or Inf")
+            loaded[key] = value
+        self._residual = loaded
