@@ -17,7 +17,7 @@ class CliError(Exception):
 # ---- topology --------------------------------------------------------------------------------------------------
 def _add_topology(sub) -> None:
     p = sub.add_parser("topology", help="show and check a topology (graph, mixing weights, spectral gap)")
-    actions = p.add_subparsers(dest="topology_command", required=True)
+    actions = p.add_subparsers(dest="topology_command", metavar="{show,check}", required=True)
     mixing_help = "gossip weights: metropolis (default), maxdegree, or Dec-LoRA's laplacian I - 2L/(3 lambda_max)"
     rules = ("metropolis", "maxdegree", "laplacian")  # = topology.MIXING_RULES, spelled out to keep --help light
 

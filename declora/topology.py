@@ -105,6 +105,8 @@ def topology_from_graph(graph: nx.Graph, spec: str, nodes=None, description: str
     ordered.add_nodes_from(range(n))  # node order 0..n-1, whatever order the input came in
     ordered.add_edges_from(graph.edges())
     infos = tuple(nodes) if nodes is not None else tuple(NodeInfo(i) for i in range(n))
+    if [info.id for info in infos] != list(range(n)):
+        raise TopologyError(f"{spec}: node infos must be given for ids 0..{n - 1} in order")
     return Topology(graph=ordered, spec=spec, nodes=infos, description=description)
 
 
@@ -190,6 +192,8 @@ def small_world(n: int, k: int, p: float, seed: int, tries: int = CONNECT_TRIES)
 
 
 def _graph(n: int, edges) -> nx.Graph:
+    if n < 2:  # builders called directly, without the spec parser's checks
+        raise TopologyError(f"a topology needs at least 2 nodes, got {n}")
     graph = nx.Graph()
     graph.add_nodes_from(range(n))
     graph.add_edges_from((i, j) for i, j in edges if i != j)
@@ -390,7 +394,7 @@ def _from_edge_list(text: str, where: str) -> Topology:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        if len(fields) != 2 or not all(f.isdigit() for f in fields):
+        if len(fields) != 2 or not all(f.isdecimal() for f in fields):
             raise TopologyError(f"{where}:{number}: expected two node ids 'i j', got {line.strip()!r}")
         edges.append((int(fields[0]), int(fields[1])))
     if not edges:

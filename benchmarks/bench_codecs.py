@@ -1,0 +1,152 @@
+"""Codec throughput, size and error on a Llama-2-7B-shaped LoRA adapter (r=16 on q_proj and v_proj).
+
+The payload is what one peer sends per round: 32 layers x 2 modules x (A: 16 x 4096, B: 4096 x 16), i.e. 64 tensors
+of each shape, Gaussian. For each codec: encode and decode throughput in MB of fp32 input per second (median over
+repeats, one thread unless --threads), bytes on the wire vs fp32, and relative RMS error. fp32 is the baseline in the
+same run. The goal from issue 2: int8 encode + decode >= 1 GB/s on one core.
+
+Also measured: why int8/int4 scales are float32 and not fp16 (rel-RMS with either, at several magnitudes).
+
+    python benchmarks/bench_codecs.py [--threads N] [--repeats R] [--block B]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.machine import write_result  # noqa: E402
+from declora.codecs import make_codec  # noqa: E402
+
+GOAL_INT8_GBPS = 1.0
+
+
+def llama7b_adapter(seed: int, sigma: float) -> list[torch.Tensor]:
+    """64 A factors (16 x 4096) and 64 B factors (4096 x 16), Gaussian with std `sigma`."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(16, 4096)] * 64 + [(4096, 16)] * 64
+    return [torch.randn(s, generator=g) * sigma for s in shapes]
+
+
+def rel_rms(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
+    err = sum(float((x - y).double().pow(2).sum()) for x, y in zip(xs, ys))
+    ref = sum(float(x.double().pow(2).sum()) for x in xs)
+    return (err / ref) ** 0.5
+
+
+def time_codec(codec, xs: list[torch.Tensor], repeats: int, seed: int) -> dict:
+    """Median encode and decode seconds for the whole adapter, plus size and error of the last repeat.
+
+    Decode reads immutable `bytes`, as a received ZeroMQ frame is, not the encoder's own memoryviews."""
+    gen = torch.Generator().manual_seed(seed)
+    t_enc, t_dec, t_sum = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        encs = [codec.encode(x, gen) for x in xs]
+        t1 = time.perf_counter()
+        frames = [[bytes(b) for b in e.buffers] for e in encs]
+        t2 = time.perf_counter()
+        decs = [codec.decode(e.shape, e.meta, f) for e, f in zip(encs, frames)]
+        t3 = time.perf_counter()
+        t_enc.append(t1 - t0)
+        t_dec.append(t3 - t2)
+        t_sum.append(t1 - t0 + t3 - t2)
+    assert all(e.nbytes == codec.encoded_nbytes(x.shape) for e, x in zip(encs, xs))
+    return {
+        "encode_s": statistics.median(t_enc),
+        "decode_s": statistics.median(t_dec),
+        "encode_plus_decode_s": statistics.median(t_sum),
+        "wire_bytes": sum(e.nbytes for e in encs),
+        "rel_rms": rel_rms(xs, decs),
+    }
+
+
+def quantize_with_scale_dtype(x: torch.Tensor, qmax: int, block: int, scale_dtype: torch.dtype) -> torch.Tensor:
+    """Block-absmax round trip with scales stored in `scale_dtype` (the codec's algorithm, scales rounded first)."""
+    xb = x.reshape(-1, block)
+    scale = (xb.abs().amax(dim=1) / qmax).to(scale_dtype).float()
+    safe = torch.where(scale > 0, scale, 1.0)
+    codes = (xb / safe[:, None]).round().clamp(-qmax, qmax)
+    return (codes * scale[:, None]).reshape(x.shape)
+
+
+def scale_dtype_experiment(seed: int, block: int) -> list[dict]:
+    rows = []
+    for sigma in (1.0, 1e-2, 1e-4):
+        xs = llama7b_adapter(seed, sigma)
+        for name, qmax in (("int8", 127), ("int4", 7)):
+            row = {"codec": name, "sigma": sigma}
+            for label, dt in (("fp32_scales", torch.float32), ("fp16_scales", torch.float16)):
+                row[label] = rel_rms(xs, [quantize_with_scale_dtype(x, qmax, block, dt) for x in xs])
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the goal is stated for 1)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed repeats per codec; the median is reported")
+    ap.add_argument("--block", type=int, default=64, help="int8/int4 block size")
+    ap.add_argument("--sigma", type=float, default=0.02, help="std of the Gaussian factors (LoRA-init scale)")
+    ap.add_argument("--seed", type=int, default=0, help="data and stochastic-rounding seed")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    xs = llama7b_adapter(args.seed, args.sigma)
+    fp32_bytes = sum(x.numel() * 4 for x in xs)
+    variants = [(n, False) for n in ("fp32", "fp16", "bf16", "int8", "int4")] + [("int8", True), ("int4", True)]
+    rows = []
+    for name, stochastic in variants:
+        codec = make_codec(name, block_size=args.block, stochastic=stochastic)
+        codec.encode(xs[0]), codec.decode(*_round_trip_args(codec, xs[0]))  # warm-up: first-call overheads
+        r = time_codec(codec, xs, args.repeats, args.seed)
+        rows.append({
+            "codec": name + ("+sr" if stochastic else ""),
+            "encode_MBps": fp32_bytes / r["encode_s"] / 1e6,
+            "decode_MBps": fp32_bytes / r["decode_s"] / 1e6,
+            "enc_plus_dec_MBps": fp32_bytes / r["encode_plus_decode_s"] / 1e6,
+            "bytes_vs_fp32": r["wire_bytes"] / fp32_bytes,
+            **r,
+        })
+
+    print(f"payload: {len(xs)} tensors, {fp32_bytes / 1e6:.1f} MB fp32; threads={args.threads}, block={args.block}, "
+          f"median of {args.repeats}")
+    print(f"{'codec':8s} {'enc MB/s':>9s} {'dec MB/s':>9s} {'enc+dec':>9s} {'vs fp32':>8s} {'rel RMS':>9s}")
+    for r in rows:
+        print(f"{r['codec']:8s} {r['encode_MBps']:9.0f} {r['decode_MBps']:9.0f} {r['enc_plus_dec_MBps']:9.0f} "
+              f"{r['bytes_vs_fp32']:8.4f} {r['rel_rms']:9.2e}")
+    int8 = next(r for r in rows if r["codec"] == "int8")
+    met = int8["enc_plus_dec_MBps"] >= GOAL_INT8_GBPS * 1e3
+    print(f"goal int8 encode+decode >= {GOAL_INT8_GBPS} GB/s: {int8['enc_plus_dec_MBps'] / 1e3:.2f} GB/s "
+          f"-> {'met' if met else 'MISSED'}")
+
+    scales = scale_dtype_experiment(args.seed, args.block)
+    print("\nscale dtype (rel RMS):")
+    print(f"{'codec':6s} {'sigma':>7s} {'fp32 scales':>12s} {'fp16 scales':>12s}")
+    for s in scales:
+        print(f"{s['codec']:6s} {s['sigma']:7.0e} {s['fp32_scales']:12.3e} {s['fp16_scales']:12.3e}")
+
+    path = write_result("bench_codecs", {
+        "config": vars(args) | {"tensors": len(xs), "fp32_bytes": fp32_bytes},
+        "codecs": rows,
+        "goal": {"int8_enc_plus_dec_GBps": GOAL_INT8_GBPS, "measured_GBps": int8["enc_plus_dec_MBps"] / 1e3, "met": met},
+        "scale_dtype": scales,
+    })
+    print(f"\nwrote {path}")
+
+
+def _round_trip_args(codec, x):
+    e = codec.encode(x)
+    return e.shape, e.meta, e.buffers
+
+
+if __name__ == "__main__":
+    main()
