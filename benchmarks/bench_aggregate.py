@@ -9,6 +9,7 @@ gossip measured in the same invocation. Goal (issue 2): svd with 4 neighbours un
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"adapter: {LAYERS * len(MODULES)} modules, A {args.rank}x{HIDDEN}, B {HIDDEN}x{args.rank}, "
           f"{mb:.1f} MiB fp32; threads {torch.get_num_threads()}")
 
+    load_before = os.getloadavg()  # the machine is shared: record how busy it was
     rows = []
     header = f"{'k':>3} {'R':>4} {'gossip s':>9} {'stack s':>9} {'svd s':>9} {'stack/gossip':>13} {'svd/gossip':>11}"
     print(header)
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 "svd_target_rank": args.rank,
             },
             "rows": rows,
+            "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
             "goal": {"what": "svd with 4 neighbours", "seconds": goal, "limit_s": GOAL_S,
                      "met": goal is not None and goal < GOAL_S},
             "notes": "median wall seconds per round, validation included; ratios against gossip from this run. "

@@ -118,12 +118,11 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
         path = _checkpoint_folder(spec.path)
         tokenizer = _load_tokenizer(path)
         config = AutoConfig.from_pretrained(path)
-        kwargs = {}
         if spec.task == "classification":
-            kwargs["num_labels"] = spec.num_labels
+            config.num_labels = spec.num_labels
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _auto_class(spec.task).from_pretrained(path, config=config, dtype=torch.float32, **kwargs)
+            model = _auto_class(spec.task).from_pretrained(path, config=config, dtype=torch.float32)
     _ensure_pad_token(model, tokenizer)
     model.to(device=device, dtype=dtype)
     return model, tokenizer
@@ -168,7 +167,9 @@ def load_saved_adapter(spec: ModelSpec, adapter_dir: str | Path, device: torch.d
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a folder written by save_adapter)")
     base, tokenizer = build_base(spec, device)
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
     _make_trainable_fp32(model)
     return model, tokenizer
 

@@ -103,7 +103,9 @@ def _check_adapters(adapters: Sequence[Adapter], *, equal_ranks: bool = False) -
             t = a.dense[name]
             _check_float(t, f"dense tensor {name!r} of adapter {j}")
             if tuple(t.shape) != shape0:
-                raise ValueError(f"dense tensor {name!r}: adapter {j} has shape {tuple(t.shape)}, adapter 0 has {shape0}")
+                raise ValueError(
+                    f"dense tensor {name!r}: adapter {j} has shape {tuple(t.shape)}, adapter 0 has {shape0}"
+                )
             _check_finite(t, f"dense tensor {name!r} of adapter {j}")
     return keys
 
@@ -186,16 +188,18 @@ def _average_dense(adapters: Sequence[Adapter], weights: Sequence[float], dtype,
     }
 
 
-def _stacked(fs: Sequence[LoraFactor], weights: Sequence[float], dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """FLoRA's stacked factors, returned as (Bt_Ro, A_Ri) with R = sum r_j:
+def _stacked_A(fs: Sequence[LoraFactor], weights: Sequence[float], dtype, device) -> torch.Tensor:
+    """FLoRA's A_s = [m_1 s_1 A_1 ; ... ; m_n s_n A_n], (R, in) with R = sum r_j, row-major (so A_s.T = A_Ri.mT is
+    column-major, the layout LAPACK's QR works in). Scaled in place after the one copy that cat makes."""
+    A_Ri = torch.cat([f.A.to(device=device, dtype=dtype) for f in fs], dim=0)
+    row_scale = [m * f.scaling for f, m in zip(fs, weights) for _ in range(f.r)]
+    return A_Ri.mul_(torch.tensor(row_scale, dtype=dtype, device=device)[:, None])
 
-    B_s = [B_1 ... B_n] (out, R) and A_s = [m_1 s_1 A_1 ; ... ; m_n s_n A_n] (R, in), so B_s @ A_s is exactly
-    sum_j m_j s_j B_j A_j. B_s comes back transposed (Bt_Ro = B_s.T, row-major), so that B_s = Bt_Ro.mT and
-    A_s.T = A_Ri.mT are both column-major, the layout LAPACK's QR works in.
-    """
-    Bt_Ro = torch.cat([f.B.to(device=device, dtype=dtype).T for f in fs], dim=0)
-    A_Ri = torch.cat([f.A.to(device=device, dtype=dtype) * (m * f.scaling) for f, m in zip(fs, weights)], dim=0)
-    return Bt_Ro, A_Ri
+
+def _stacked_Bt(fs: Sequence[LoraFactor], dtype, device) -> torch.Tensor:
+    """FLoRA's B_s = [B_1 ... B_n] (out, R), returned transposed: Bt_Ro (R, out) row-major, so B_s = Bt_Ro.mT is
+    column-major for the QR, and B_s @ A_s = sum_j m_j s_j B_j A_j exactly."""
+    return torch.cat([f.B.to(device=device, dtype=dtype).T for f in fs], dim=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,9 +232,10 @@ def stack(adapters: Sequence[Adapter], weights: Sequence[float]) -> Adapter:
     dtype, device = _work_dtype(adapters), _device(adapters)
     factors = {}
     for key in keys:
-        Bt_Ro, A_Ri = _stacked([a.factors[key] for a in adapters], w, dtype, device)
-        R = A_Ri.shape[0]
-        factors[key] = LoraFactor(A_Ri, Bt_Ro.T.contiguous(), float(R), False)
+        fs = [a.factors[key] for a in adapters]
+        A_Ri = _stacked_A(fs, w, dtype, device)
+        B_oR = torch.cat([f.B.to(device=device, dtype=dtype) for f in fs], dim=1)
+        factors[key] = LoraFactor(A_Ri, B_oR, float(A_Ri.shape[0]), False)
     return Adapter(factors, _average_dense(adapters, w, dtype, device))
 
 
@@ -270,8 +275,9 @@ def svd(
     factors = {}
     for key in keys:
         r = _target_rank(rank, key)
-        Bt_Ro, A_Ri = _stacked([a.factors[key] for a in adapters], w, dtype, device)
-        A_ri, B_or = _refactorize(Bt_Ro, A_Ri, r, scaling_for(alpha, r, rslora))
+        fs = [a.factors[key] for a in adapters]
+        A_ri, B_or = _refactorize(_stacked_Bt(fs, dtype, device), _stacked_A(fs, w, dtype, device), r,
+                                  scaling_for(alpha, r, rslora))
         factors[key] = LoraFactor(A_ri, B_or, alpha, rslora)
     return Adapter(factors, _average_dense(adapters, w, dtype, device))
 
@@ -333,10 +339,11 @@ def zeropad(
         s = scaling_for(alpha, r, rslora)
         fs = [a.factors[key] for a in adapters]
         # Truncating after padding = keeping the first min(r_j, r) slots of each adapter, padded to r.
-        As = [_pad_rows(f.A[:r], r) for f in fs]
-        Bs = [_pad_rows(f.B[:, :r].T, r).T for f in fs]
+        As = [_pad_rows(f.A[:r].to(device=device, dtype=dtype), r) for f in fs]
+        Bs = [_pad_rows(f.B[:, :r].to(device=device, dtype=dtype).T, r).T for f in fs]  # widen before scaling
         Bs = [B if f.scaling == s else B * (f.scaling / s) for B, f in zip(Bs, fs)]
-        factors[key] = LoraFactor(_weighted_sum(As, w, dtype, device), _weighted_sum(Bs, w, dtype, device), alpha, rslora)
+        A_ri, B_or = _weighted_sum(As, w, dtype, device), _weighted_sum(Bs, w, dtype, device)
+        factors[key] = LoraFactor(A_ri, B_or, alpha, rslora)
     return Adapter(factors, _average_dense(adapters, w, dtype, device))
 
 
@@ -385,9 +392,9 @@ def consensus_distance(adapters: Sequence[Adapter]) -> float:
     total = 0.0
     for key in keys:
         fs = [a.factors[key] for a in adapters]
-        Bt_Ro, A_Ri = _stacked(fs, [1.0] * n, torch.float64, device)  # A rows carry s_i
-        H_RR = _gram_products(Bt_Ro, A_Ri)
-        owner_R = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor([f.r for f in fs], device=device))
+        H_RR = _gram_products(_stacked_Bt(fs, torch.float64, device), _stacked_A(fs, [1.0] * n, torch.float64, device))
+        ranks = torch.tensor([f.r for f in fs], device=device)
+        owner_R = torch.repeat_interleave(torch.arange(n, device=device), ranks)  # which peer each slot belongs to
         onehot_Rn = torch.nn.functional.one_hot(owner_R, n).to(torch.float64)
         G_nn = onehot_Rn.T @ H_RR @ onehot_Rn  # G[i, j] = <P_i, P_j>
         # sum_i ||P_i - mean||^2 = trace(G) - sum(G) / n
@@ -415,7 +422,7 @@ def factor_averaging_error(adapters: Sequence[Adapter], weights: Sequence[float]
         r = fs[0].r
         A_bar = _weighted_sum([f.A for f in fs], w, torch.float64, device) * fs[0].scaling
         B_bar = _weighted_sum([f.B for f in fs], w, torch.float64, device)
-        Bt_Ro, A_Ri = _stacked(fs, w, torch.float64, device)
+        Bt_Ro, A_Ri = _stacked_Bt(fs, torch.float64, device), _stacked_A(fs, w, torch.float64, device)
         # difference = [B_bar, B_s] @ [s A_bar ; -A_s]: one low-rank product of rank r + R
         H = _gram_products(torch.cat([B_bar.T, Bt_Ro]), torch.cat([A_bar, -A_Ri]))
         err2 += float(H.sum())
