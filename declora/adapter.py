@@ -104,7 +104,6 @@ def default_model_path() -> Path:
 def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 0):
     """The base model (no LoRA) and its tokenizer. A head missing from the checkpoint is initialized from `seed`."""
     from transformers import AutoConfig
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # N peers' loading bars would bury the run's progress lines
@@ -122,7 +121,7 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
             config.num_labels = spec.num_labels
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = _auto_class(spec.task).from_pretrained(path, config=config, dtype=torch.float32)
+            model = _auto_class(spec.task).from_pretrained(path, config=config, dtype=dtype)
     _ensure_pad_token(model, tokenizer)
     model.to(device=device, dtype=dtype)
     return model, tokenizer

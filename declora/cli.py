@@ -158,7 +158,40 @@ def _draw_topology(t, M, gap: float, rule: str, path: str) -> None:
 
 # ---- keys --------------------------------------------------------------------------------------------------------
 def _add_keys(sub) -> None:
-    pass
+    p = sub.add_parser("keys", help="CurveZMQ keys: one keypair per peer and a folder of public keys to share")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    make = keys_sub.add_parser("make", help="write DIR/peer-<id>.key_secret (mode 0600) and DIR/public/peer-<id>.key")
+    who = make.add_mutually_exclusive_group(required=True)
+    who.add_argument("--peers", type=int, help="make keys for peers 0..N-1")
+    who.add_argument("--ids", help="make keys for these peer ids only, e.g. 0,3,5 (the peers of one node)")
+    make.add_argument("--out", required=True, help="key folder; copy DIR/public to every node, keep secrets local")
+    make.add_argument("--force", action="store_true", help="replace existing keys (peers then need the new public keys)")
+    make.set_defaults(func=_run_keys_make)
+
+
+def _run_keys_make(args) -> int:
+    from .security import SecurityError, generate_keys
+
+    if args.peers is not None:
+        if args.peers < 1:
+            raise CliError(f"--peers must be at least 1, got {args.peers}")
+        ids = list(range(args.peers))
+    else:
+        try:
+            ids = [int(v) for v in args.ids.split(",") if v.strip()]
+        except ValueError:
+            raise CliError(f"--ids must be comma-separated peer ids, got {args.ids!r}") from None
+        if not ids or min(ids) < 0:
+            raise CliError(f"--ids must list non-negative peer ids, got {args.ids!r}")
+    try:
+        written = generate_keys(args.out, ids, overwrite=args.force)
+    except SecurityError as e:
+        raise CliError(str(e)) from None
+    for path in written:  # paths only: the contents of a secret file never go to a terminal or a log
+        print(path)
+    print(f"wrote {len(ids)} keypairs: share {written[1].parent}/ with every node; "
+          f"keep each peer-<id>.key_secret on its own node only")
+    return 0
 
 
 # ---- simulate / peer / launch-node / server ---------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
         wait_for_neighbours(transport, neighbours, cfg.start_timeout_s)
         for t in range(start_round, cfg.rounds):
             round_start = time.time()
-            train_stats = trainer.train_steps(cfg.local_steps, between_steps=transport.service)
+            train_stats = trainer.train_steps(cfg.local_steps)
 
             mine = read_adapter(model)
             sent = transport.counters()["bytes_sent_total"]
@@ -65,7 +65,9 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
             weights = renormalize_row(row, peer_id, heard=set(theirs))
             distance = aggregate.consensus_distance([mine, *theirs.values()]) if theirs else 0.0
             delta = apply_mixing(cfg, model, trainer, mine, theirs, weights, peer_id, rank)
-            accumulate(merged, delta)
+            if delta is not None:
+                accumulate(merged, delta)
+                sender.reset_residuals()
 
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
                       "train_samples": train_stats["samples"], "neighbours_heard": len(theirs),
@@ -157,8 +159,8 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
     from .workload import load_workload, model_spec, train_config
 
     device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
-    model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device,
-                                   seed=cfg.seed * 1000 + peer_id)
+    # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
+    model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
     work = load_workload(cfg, tokenizer, peer_id, n_shards, union=union)
     log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)
     trainer = LocalTrainer(model, work.train, train_config(cfg), seed=cfg.seed * 1000 + peer_id)
@@ -178,14 +180,10 @@ def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], topology
 
 
 def wait_for_neighbours(transport, neighbours: list[int], timeout_s: float) -> None:
-    """Round 0 waits until every neighbour has said hello, so nobody mixes with an empty neighbourhood at start."""
-    deadline = time.monotonic() + timeout_s
-    while set(neighbours) - transport.live_neighbours():
-        if time.monotonic() > deadline:
-            missing = sorted(set(neighbours) - transport.live_neighbours())
-            log.warning("starting without neighbours %s: not heard from within %.0f s", missing, timeout_s)
-            return
-        transport.service(timeout_s=0.2)
+    """Round 0 waits until every neighbour is up, so nobody mixes with an empty neighbourhood at start."""
+    missing = transport.wait_for_neighbours(timeout_s, neighbours)
+    if missing:
+        log.warning("starting without neighbours %s: not heard from within %.0f s", sorted(missing), timeout_s)
 
 
 def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:

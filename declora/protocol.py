@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Sequence
@@ -345,6 +346,7 @@ def message_to_adapter(message: Message, layout: AdapterLayout | None = None) ->
 
 
 _DECODERS: dict[str, Codec] = {}
+_NONFINITE = re.compile(r"\b(nan|inf|non-?finite)\b", re.IGNORECASE)  # how codecs word a NaN/Inf refusal
 
 
 def _decoder(name: str) -> Codec:
@@ -358,7 +360,7 @@ def _decode(t: WireTensor) -> torch.Tensor:
     try:
         return _decoder(t.encoded.codec).decode(t.encoded.shape, t.encoded.meta, t.encoded.buffers)
     except Exception as e:  # noqa: BLE001 - whatever a codec makes of hostile bytes is the sender's fault
-        reason = "nonfinite" if ("NaN" in str(e) or "Inf" in str(e)) else "payload"
+        reason = "nonfinite" if _NONFINITE.search(str(e)) else "payload"
         raise ProtocolError(reason, f"tensor {t.key!r} ({t.role}): {e}") from None
 
 

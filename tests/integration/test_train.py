@@ -6,13 +6,11 @@ import math
 import pytest
 import torch
 
-from declora.adapter import (ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter)
+from declora.adapter import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
 from declora.data import tokenize
 from declora.factors import Adapter, LoraFactor
 from declora.train import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
 from tests.tiny_models import dolly_examples, sentiment_examples
-
-BERT = ModelSpec("tiny-bert", "classification")
 
 
 def tiny_bert(rank=4, seed=0, **spec):

@@ -1,0 +1,87 @@
+"""From a run config to what one process trains on: the model spec, its share of the data, the trainer settings.
+
+Keeps `peer.py`, `centralized.py` and `server.py` free of data-path rules: where the default data lives, which
+file is the evaluation set, how a peer finds its shard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, RunConfig
+
+
+@dataclass
+class Workload:
+    train: object  # data.TokenizedDataset
+    eval: object  # data.TokenizedDataset
+    task: str
+    description: str  # sample count and label histogram, for the peer's log
+
+
+def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
+    """(train, eval): the flags, else the shipped SST-2, else a pre-split folder's held-out file."""
+    from .data import default_dataset, held_out_file
+
+    if not cfg.data:
+        default = default_dataset()
+        return default.train, Path(cfg.eval_data) if cfg.eval_data else default.eval
+    train = Path(cfg.data)
+    if cfg.eval_data:
+        return train, Path(cfg.eval_data)
+    held_out = held_out_file(train) if train.is_dir() else None
+    if held_out is None:
+        raise ConfigError(f"--data {train} has no evaluation set: pass --eval-data PATH")
+    return train, held_out
+
+
+def resolve_task(cfg: RunConfig) -> str:
+    if cfg.task != "auto":
+        return cfg.task
+    if not cfg.data:
+        return "classification"
+    path = Path(cfg.data)
+    names = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
+    json_like = any(n.removesuffix(".gz").endswith((".json", ".jsonl")) for n in names)
+    return "causal_lm" if json_like else "classification"
+
+
+def model_spec(cfg: RunConfig):
+    from .adapter import ModelSpec
+
+    targets = tuple(t.strip() for t in cfg.target_modules.split(",") if t.strip()) or None
+    return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets)
+
+
+def train_config(cfg: RunConfig, steps_per_round: int | None = None):
+    from .train import TrainConfig
+
+    steps_per_round = steps_per_round or cfg.local_steps
+    return TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr or None, weight_decay=cfg.weight_decay,
+                       warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
+                       total_steps=cfg.rounds * steps_per_round, max_grad_norm=cfg.max_grad_norm,
+                       grad_accum=cfg.grad_accum, batch_size=cfg.batch_size, local_steps=steps_per_round,
+                       max_length=cfg.max_length)
+
+
+def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union: bool = False) -> Workload:
+    """This peer's shard of the training data (or, for the centralized reference, the union of all shards) and the
+    shared evaluation set, tokenized."""
+    from .data import format_description, load_examples, peer_examples, split_for_peers, tokenize
+
+    train_path, eval_path = data_paths(cfg)
+    task = resolve_task(cfg)
+    try:
+        if union:
+            examples = [e for shard in split_for_peers(train_path, n_shards, cfg.partition, cfg.seed) for e in shard]
+        else:
+            examples = peer_examples(train_path, n_shards, cfg.partition, cfg.seed, peer_id)
+        eval_examples = load_examples(eval_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    return Workload(
+        train=tokenize(examples, tokenizer, task, cfg.max_length),
+        eval=tokenize(eval_examples, tokenizer, task, cfg.max_length),
+        task=task,
+        description=format_description(examples),
+    )
