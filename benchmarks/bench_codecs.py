@@ -151,7 +151,8 @@ def main() -> None:
     xs = llama7b_adapter(args.seed, args.sigma)
     fp32_bytes = sum(x.numel() * 4 for x in xs)
     variants = [(n, False) for n in ("fp32", "fp16", "bf16", "int8", "int4")] + [("int8", True), ("int4", True)]
-    codecs = {name + ("+sr" if sr else ""): make_codec(name, block_size=args.block, stochastic=sr) for name, sr in variants}
+    codecs = {name + ("+sr" if sr else ""): make_codec(name, block_size=args.block, stochastic=sr)
+              for name, sr in variants}
     for codec in codecs.values():  # warm-up: first-call overheads
         e = codec.encode(xs[0])
         codec.decode(e.shape, e.meta, e.buffers)

@@ -217,6 +217,13 @@ def _add_run_commands(sub) -> None:
     add_flags(p)
     p.set_defaults(func=_run_launch_node)
 
+    p = sub.add_parser("server", help="run the parameter-server baseline process (fedit, flora, flexlora, zeropad)",
+                       description="Run the parameter server of a server-baseline run; its clients are "
+                                   "`declora peer` processes with the same --server flag.")
+    p.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
+    add_flags(p)
+    p.set_defaults(func=_run_server)
+
 
 def _resolved(args):
     from .config import ConfigError, resolve
@@ -237,6 +244,12 @@ def _run_peer(args) -> int:
     from .peer import main as peer_main
 
     return peer_main(sys.argv[2:] if args.argv is None else args.argv)
+
+
+def _run_server(args) -> int:
+    from .server import main as server_main
+
+    return server_main(sys.argv[2:] if args.argv is None else args.argv)
 
 
 def _run_launch_node(args) -> int:

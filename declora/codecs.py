@@ -212,7 +212,8 @@ class FloatCodec(Codec):
             # Checking after the cast also catches finite values that overflow fp16 (|x| > 65504).
             if not _all_finite(wire):
                 _refuse_nonfinite(flat, self.name)
-                raise ValueError(f"{self.name} codec: input exceeds the {self.name} range (max {torch.finfo(self.dtype).max:g})")
+                top = torch.finfo(self.dtype).max
+                raise ValueError(f"{self.name} codec: input exceeds the {self.name} range (max {top:g})")
             if self.dtype == torch.bfloat16:
                 wire = wire.view(torch.int16)  # numpy has no bf16: ship the raw 2-byte patterns
         return Encoded(self.name, tuple(x.shape), {}, (_byte_view(wire),))
@@ -257,7 +258,9 @@ def _block_absmax(x_nb: torch.Tensor) -> np.ndarray:
 
     amax and amin separately, not abs().amax(): two reductions and no full-size temporary. np.maximum, not
     Python's max, which would hide a NaN (max(1.0, nan) is 1.0)."""
-    return np.maximum(x_nb.amax(dim=1).numpy(), -x_nb.amin(dim=1).numpy())
+    hi = x_nb.amax(dim=1).numpy()
+    lo = x_nb.amin(dim=1).numpy()
+    return np.maximum(hi, np.negative(lo, out=lo), out=hi)
 
 
 class BlockQuantCodec(Codec):
@@ -304,11 +307,11 @@ class BlockQuantCodec(Codec):
         """Per-block scale (what decode multiplies by), shape (n,), and its inverse (what encode multiplies by),
         shape (n, 1). The per-block vectors are small: numpy's per-call overhead is lower than torch's."""
         absmax = _block_absmax(x_nb)
-        # NaN and Inf propagate through amax and max, so one scalar check covers the whole input.
-        top = float(absmax.max()) if absmax.size else 0.0
-        if not math.isfinite(top):
-            raise ValueError(f"{self.name} codec: input has NaN or Inf")
-        if top / self.qmax > self.max_scale:
+        # NaN and Inf propagate through amax and max and fail this one comparison, so it covers the whole input.
+        top = absmax.max(initial=0.0)
+        if not top <= self.max_scale * self.qmax:
+            if not math.isfinite(top):
+                raise ValueError(f"{self.name} codec: input has NaN or Inf")
             raise ValueError(f"{self.name} codec: input magnitude {top:g} is too large to quantize")
         # Flooring absmax at _TINY keeps all-zero blocks from dividing by zero (they still decode to exact zeros)
         # and subnormal ones from overflowing qmax / absmax; such blocks are quantized on a _TINY / qmax grid.
@@ -417,7 +420,9 @@ class ErrorFeedback:
         self.codec = codec
         self._residual: dict[str, torch.Tensor] = {}
 
-    def encode(self, key: str, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[Encoded, torch.Tensor]:
+    def encode(
+        self, key: str, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Encoded, torch.Tensor]:
         """Encode x plus the residual of `key`; return (message, the float32 CPU value the receiver will decode)."""
         target = _flat_float32(x, self.codec.name).reshape(x.shape)
         residual = self._residual.get(key)

@@ -140,6 +140,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.mode == "gossip" and not cfg.server:
         need(len(set(ranks)) == 1, "gossip averages A and B, so ranks must match; use --mode svd, stack or zeropad "
                                    "for heterogeneous ranks")
+    if cfg.server == "fedit":
+        need(len(set(ranks)) == 1, "--server fedit averages A and B, so ranks must match; use flora, flexlora or "
+                                   "zeropad for heterogeneous ranks")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

@@ -170,7 +170,7 @@ def plot_run(run_dir: str | Path, per_peer: dict[int, list[dict]]) -> list[Path]
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     rows = round_table(per_peer)
-    pts = [(r["round"] + 1, r["distance_to_neighbours"]) for r in rows if r.get("distance_to_neighbours") is not None]
+    pts = [(r["round"] + 1, r["distance_to_neighbours"]) for r in rows if r.get("distance_to_neighbours")]
     if pts:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.semilogy(*zip(*pts), marker="o")

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,99 +28,164 @@ log = logging.getLogger("declora.peer")
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
 def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
-    from .adapter import read_adapter, save_adapter, write_adapter
-    from .protocol import AdapterLayout, Kind, make_message
-    from .wire import AdapterSender, decode_received
+    from .adapter import read_adapter, save_adapter
+    from .wire import AdapterSender
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)
-    topology = load_topology(cfg.topology_spec())
-    if topology.n != cfg.peers:
-        raise ConfigError(f"the topology has {topology.n} nodes but --peers is {cfg.peers}")
-    neighbours = topology.neighbors(peer_id)
-    row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
+    links = Links.for_peer(cfg, peer_id)
     rank = cfg.rank_list()[peer_id]
 
     model, trainer, eval_set, task = build_local_learner(cfg, peer_id, rank, n_shards=cfg.peers)
-    layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=max(cfg.rank_list()))
+    layout = links.inbound_layout(read_adapter(model))
     sender = AdapterSender(cfg, seed=cfg.seed * 1000 + peer_id)
     ckpt = checkpoint_path(run_dir, peer_id)
-    merged: dict[str, torch.Tensor] = {}  # stack mode: the sum of the deltas merged into the base so far
+    merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far
     start_round = resume(ckpt, cfg, peer_id, rank, model, trainer, sender, merged) if cfg.resume else 0
     metrics = MetricsWriter(run_dir / "metrics" / f"peer-{peer_id}.jsonl", truncate_after_round=start_round - 1)
     started = time.time()
 
-    with open_transport(cfg, peer_id, neighbours, topology, layout) as transport:
-        wait_for_neighbours(transport, neighbours, cfg.start_timeout_s)
+    with open_transport(cfg, peer_id, links.neighbours, links.book, layout) as transport:
+        wait_for_neighbours(transport, links.neighbours, cfg.start_timeout_s)
         for t in range(start_round, cfg.rounds):
             round_start = time.time()
             train_stats = trainer.train_steps(cfg.local_steps)
 
             mine = read_adapter(model)
-            sent = transport.counters()["bytes_sent_total"]
-            received = transport.counters()["bytes_received_total"]
-            message = make_message(Kind.FACTORS, peer_id, t, sender.encode(mine))
-            result = transport.exchange(t, message, cfg.deadline_s)
-            theirs = decode_received(result.received, layout)
-
-            weights = renormalize_row(row, peer_id, heard=set(theirs))
-            distance = aggregate.consensus_distance([mine, *theirs.values()]) if theirs else 0.0
-            delta = apply_mixing(cfg, model, trainer, mine, theirs, weights, peer_id, rank)
+            sent_before = transport.counters()["bytes_sent_total"]
+            got = links.exchange(transport, t, sender.encode(mine), len(trainer.dataset), cfg.deadline_s, layout)
+            delta = apply_mixing(cfg, model, trainer, mine, got, peer_id, rank)
             if delta is not None:
                 accumulate(merged, delta)
                 sender.reset_residuals()
 
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
-                      "train_samples": train_stats["samples"], "neighbours_heard": len(theirs),
-                      "neighbours_missing": result.missing, "distance_to_neighbours": distance,
-                      "bytes_sent": transport.counters()["bytes_sent_total"] - sent,
-                      "bytes_received": transport.counters()["bytes_received_total"] - received,
-                      "wait_seconds": result.waited_s}
+                      "train_samples": train_stats["samples"], "neighbours_heard": len(got.adapters),
+                      "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
+                      "bytes_sent": transport.counters()["bytes_sent_total"] - sent_before,
+                      "bytes_received": got.bytes_received, "wait_seconds": got.waited_s}
             record.update(evaluate_if_due(cfg, model, eval_set, task, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
             save_checkpoint(ckpt, checkpoint_state(t, model, trainer, sender, merged))
-            log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(theirs), len(neighbours),
-                     _eval_text(record))
+            log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
+                     len(links.neighbours), _eval_text(record))
 
         if cfg.save_adapters:
             save_adapter(model, run_dir / "adapters" / f"peer-{peer_id}")
     metrics.close()
 
 
-def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, theirs: dict[int, Adapter],
-                 weights: dict[int, float], peer_id: int, rank: int) -> dict[str, torch.Tensor] | None:
-    """Mix this peer's exact adapter with the neighbours' decoded ones and put the result into the model.
+@dataclass
+class Received:
+    """What one exchange brought: decoded adapters by sender, their mixing weights (self included), and stats."""
 
-    Returns the dense delta merged into the base weights (stack mode), else None.
+    adapters: dict[int, Adapter]
+    weights: dict[int, float]
+    missing: list[int]
+    bytes_received: int
+    waited_s: float
+    distance: float = 0.0
+
+
+@dataclass
+class Links:
+    """Who this peer talks to and how a round's exchange goes: gossip with graph neighbours, or a client of the
+    parameter server (the server's id is the one after the last client)."""
+
+    peer_id: int
+    neighbours: list[int]
+    book: dict[int, str]
+    row: dict[int, float]  # gossip: this peer's mixing row; empty for a server client
+    cfg: RunConfig
+
+    @classmethod
+    def for_peer(cls, cfg: RunConfig, peer_id: int) -> "Links":
+        if cfg.server:
+            server = cfg.peers
+            return cls(peer_id, [server], address_book(cfg, None, Path(cfg.out), n_ids=cfg.peers + 1), {}, cfg)
+        topology = load_topology(cfg.topology_spec())
+        if topology.n != cfg.peers:
+            raise ConfigError(f"the topology has {topology.n} nodes but --peers is {cfg.peers}")
+        row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
+        return cls(peer_id, topology.neighbors(peer_id), address_book(cfg, topology, Path(cfg.out)), row, cfg)
+
+    def inbound_layout(self, mine: Adapter):
+        """What a neighbour's message must look like: our modules and dense tensors; gossip needs our rank, the
+        exact modes any rank up to the largest; a server's FLoRA stack is as wide as all ranks together."""
+        from .protocol import AdapterLayout
+
+        ranks = self.cfg.rank_list()
+        if self.cfg.server:
+            return AdapterLayout.from_adapter(mine, max_rank=sum(ranks), same_alpha=False)
+        return AdapterLayout.from_adapter(mine, max_rank=max(ranks), equal_rank=self.cfg.mode == "gossip")
+
+    def exchange(self, transport, t: int, tensors, samples: int, deadline_s: float, layout) -> Received:
+        from .protocol import Kind, make_message
+        from .wire import decode_received
+
+        if self.cfg.server:
+            # A client sends its update (with its sample count: the server weighs by data share) and waits for
+            # the aggregate.
+            server = self.neighbours[0]
+            transport.send(server, make_message(Kind.UPDATE, self.peer_id, t, tensors, body={"samples": samples}))
+            result = transport.collect(t, Kind.AGGREGATE, {server}, deadline_s)
+            weights = {}
+        else:
+            result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, tensors), deadline_s)
+        adapters = decode_received(result.received, layout)
+        if not self.cfg.server:
+            weights = renormalize_row(self.row, self.peer_id, heard=set(adapters))
+        return Received(adapters, weights, list(result.missing), sum(m.nbytes for m in result.received.values()),
+                        result.waited_s)
+
+
+def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, peer_id: int,
+                 rank: int) -> dict[str, torch.Tensor] | None:
+    """Put the round's result into the model: the mix of this peer's exact adapter with the neighbours' decoded
+    ones, or the server's aggregate. Returns the dense delta merged into the base weights (stack, flora), else None.
     """
-    from .adapter import merge_delta_and_reset, write_adapter
+    from .adapter import write_adapter
 
-    ids = [peer_id, *sorted(theirs)]
-    adapters = [mine if i == peer_id else theirs[i] for i in ids]
-    w = [weights[i] for i in ids]
-    alpha, rslora = cfg.alpha, cfg.rslora
+    if cfg.server:
+        if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
+            return None
+        result = next(iter(got.adapters.values()))
+        if cfg.server == "flora":
+            return merge_stack(cfg, model, trainer, result, peer_id, rank)
+        write_adapter(model, result)
+        return None
+
+    ids = [peer_id, *sorted(got.adapters)]
+    adapters = [mine if i == peer_id else got.adapters[i] for i in ids]
+    w = [got.weights[i] for i in ids]
+    got.distance = aggregate.consensus_distance(adapters) if len(adapters) > 1 else 0.0
     if cfg.mode == "gossip":
         write_adapter(model, aggregate.gossip(adapters, w))
     elif cfg.mode == "svd":
-        write_adapter(model, aggregate.svd(adapters, w, rank=rank, alpha=alpha, rslora=rslora))
+        write_adapter(model, aggregate.svd(adapters, w, rank=rank, alpha=cfg.alpha, rslora=cfg.rslora))
     elif cfg.mode == "zeropad":
-        write_adapter(model, aggregate.zeropad(adapters, w, rank=rank, alpha=alpha, rslora=rslora))
+        write_adapter(model, aggregate.zeropad(adapters, w, rank=rank, alpha=cfg.alpha, rslora=cfg.rslora))
     elif cfg.mode == "stack":
-        # FLoRA: merge the exact weighted sum of products into the base, start a fresh adapter at our own rank.
-        stacked = aggregate.stack(adapters, w)
-        delta = aggregate.merged_delta(stacked)
-        merge_delta_and_reset(model, delta, rank=rank, seed=cfg.seed * 1000 + peer_id)
-        write_dense(model, stacked.dense)
-        trainer.reset_optimizer()
-        return delta
+        return merge_stack(cfg, model, trainer, aggregate.stack(adapters, w), peer_id, rank)
     else:
         raise ConfigError(f"mode {cfg.mode!r} does not exchange adapters")
     return None
 
 
-def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor] | None) -> None:
-    for key, d in (delta or {}).items():
+def merge_stack(cfg: RunConfig, model, trainer, stacked: Adapter, peer_id: int, rank: int) -> dict[str, torch.Tensor]:
+    """FLoRA: merge the exact weighted sum of products into the base and start a fresh adapter at our own rank."""
+    from .adapter import merge_delta_and_reset
+
+    delta = aggregate.merged_delta(stacked)
+    merge_delta_and_reset(model, delta, rank=rank, seed=cfg.seed * 1000 + peer_id)
+    write_dense(model, stacked.dense)
+    trainer.reset_optimizer()
+    return delta
+
+
+def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> None:
+    for key, d in delta.items():
         total[key] = total[key] + d if key in total else d.clone()
 
 
@@ -167,11 +233,10 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
     return model, trainer, work.eval, work.task
 
 
-def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], topology, layout):
+def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], book: dict[int, str], layout):
     from .security import load_security
     from .transport import Liveness, ZmqTransport
 
-    book = address_book(cfg, topology, Path(cfg.out))
     return ZmqTransport(
         peer_id, bind_endpoint(book[peer_id]), {j: book[j] for j in neighbours}, layout=layout,
         liveness=Liveness(heartbeat_interval_s=cfg.heartbeat_s, missed_intervals_before_down=cfg.missed_heartbeats),

@@ -1,8 +1,6 @@
 """Codecs: accuracy, exact sizes, stochastic rounding, error feedback, and decode against hostile input."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -520,7 +518,8 @@ def test_fuzz_decode_only_raises_value_error(name, shape, meta, data):
         buffers = [data.draw(st.binary(min_size=n, max_size=n)) for n in sizes]
         if name in QUANT and data.draw(st.booleans()):
             # Plausible scales (finite, small) so that decoding can actually succeed on random codes.
-            scales = data.draw(st.lists(st.floats(0, 2.0**100, width=32), min_size=sizes[1] // 4, max_size=sizes[1] // 4))
+            n_scales = sizes[1] // 4
+            scales = data.draw(st.lists(st.floats(0, 2.0**100, width=32), min_size=n_scales, max_size=n_scales))
             buffers[1] = np.array(scales, dtype="<f4").tobytes()
     else:
         buffers = data.draw(st.one_of(
