@@ -29,22 +29,53 @@ def adapter_from_state(state: dict) -> Adapter:
     )
 
 
-def checkpoint_path(run_dir: str | Path, peer_id: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"peer-{peer_id}.pt"
+# Peers are at most a round apart when a run is killed; keeping two rounds lets all of them resume from the same one.
+KEEP_ROUNDS = 2
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file, fsync, then rename: a crash leaves the old checkpoint or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
+def checkpoint_dir(run_dir: str | Path, peer_id: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"peer-{peer_id}"
+
+
+def saved_rounds(run_dir: str | Path, peer_id: int) -> list[int]:
+    folder = checkpoint_dir(run_dir, peer_id)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem.split("-")[1]) for p in folder.glob("round-*.pt"))
+
+
+def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict) -> Path:
+    """Write to a temporary file, fsync, then rename: a crash leaves the old checkpoint or the new, never half.
+    Then drop rounds older than the last KEEP_ROUNDS."""
+    folder = checkpoint_dir(run_dir, peer_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"round-{t}.pt"
+    tmp = folder / f".round-{t}.pt.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    for old in saved_rounds(run_dir, peer_id)[:-KEEP_ROUNDS]:
+        (folder / f"round-{old}.pt").unlink(missing_ok=True)
+    return path
 
 
-def load_checkpoint(path: Path) -> dict | None:
-    if not path.exists():
+def load_checkpoint(run_dir: str | Path, peer_id: int, t: int | None = None) -> dict | None:
+    """Round t's checkpoint (default: the latest), or None when there is none."""
+    rounds = saved_rounds(run_dir, peer_id)
+    if not rounds:
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    t = rounds[-1] if t is None else t
+    if t not in rounds:
+        raise FileNotFoundError(f"peer {peer_id} has no checkpoint of round {t} (it has rounds {rounds})")
+    return torch.load(checkpoint_dir(run_dir, peer_id) / f"round-{t}.pt", map_location="cpu", weights_only=True)
+
+
+def common_resume_round(run_dir: str | Path, peer_ids: list[int]) -> int | None:
+    """The latest round every peer has a checkpoint of (None if some peer has none)."""
+    per_peer = [set(saved_rounds(run_dir, p)) for p in peer_ids]
+    if not per_peer or not all(per_peer):
+        return None
+    common = set.intersection(*per_peer)
+    return max(common) if common else None

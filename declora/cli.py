@@ -208,6 +208,8 @@ def _add_run_commands(sub) -> None:
                        description="Run one peer; its neighbours' addresses come from a topology file with "
                                    "host/port per node, or --hosts with --base-port.")
     p.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
+    p.add_argument("--resume-round", type=int, default=None,
+                   help="with --resume: the round whose checkpoint to load (default: the latest)")
     add_flags(p)
     p.set_defaults(func=_run_peer)
 
@@ -221,6 +223,7 @@ def _add_run_commands(sub) -> None:
                        description="Run the parameter server of a server-baseline run; its clients are "
                                    "`declora peer` processes with the same --server flag.")
     p.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
+    p.add_argument("--resume-round", type=int, default=None, help="with --resume: start after this round")
     add_flags(p)
     p.set_defaults(func=_run_server)
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .addressbook import free_loopback_ports, write_addresses
+from .checkpoint import common_resume_round
 from .config import RunConfig, write_run_config
 from .metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
 
@@ -38,9 +39,13 @@ def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // max(1, local_processes))
 
 
-def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "peer") -> list[str]:
-    return [sys.executable, "-m", f"declora.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
-            "--threads", str(threads)]
+def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "peer",
+                 resume_round: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", f"declora.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
+           "--threads", str(threads)]
+    if resume_round is not None:
+        cmd += ["--resume", "--resume-round", str(resume_round)]
+    return cmd
 
 
 class PeerProcesses:
@@ -133,9 +138,15 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
     env = child_env()
     started = time.time()
     print(f"declora: {describe(cfg)}; {len(ids)} processes x {threads} threads; output in {run_dir}", file=out, flush=True)
+    resume_round = None
+    if cfg.resume:
+        # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
+        resume_round = common_resume_round(run_dir, [i for i in ids if not (cfg.server and i == server_id(cfg))])
+        print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
+              else "declora: nothing to resume, starting at round 1", file=out, flush=True)
     for pid in ids:
         role = "server" if cfg.server and pid == server_id(cfg) else "peer"
-        procs.start(pid, peer_command(config_path, pid, threads, role), env)
+        procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
     expected = len([pid for pid in ids if not (cfg.server and pid == server_id(cfg))])
     printed = -1
     dead_reported: set[int] = set()

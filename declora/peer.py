@@ -17,7 +17,7 @@ import torch
 
 from . import aggregate
 from .addressbook import address_book, bind_endpoint
-from .checkpoint import adapter_from_state, adapter_to_state, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, add_flags, resolve
 from .factors import Adapter
 from .metrics import MetricsWriter
@@ -27,7 +27,7 @@ log = logging.getLogger("declora.peer")
 
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
-def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
+def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int | None = None) -> None:
     from .adapter import read_adapter, save_adapter
     from .wire import AdapterSender
 
@@ -39,9 +39,8 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
     model, trainer, eval_set, task = build_local_learner(cfg, peer_id, rank, n_shards=cfg.peers)
     layout = links.inbound_layout(read_adapter(model))
     sender = AdapterSender(cfg, seed=cfg.seed * 1000 + peer_id)
-    ckpt = checkpoint_path(run_dir, peer_id)
     merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far
-    start_round = resume(ckpt, cfg, peer_id, rank, model, trainer, sender, merged) if cfg.resume else 0
+    start_round = resume(cfg, peer_id, resume_round, rank, model, trainer, sender, merged) if cfg.resume else 0
     metrics = MetricsWriter(run_dir / "metrics" / f"peer-{peer_id}.jsonl", truncate_after_round=start_round - 1)
     started = time.time()
 
@@ -67,7 +66,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1) -> None:
             record.update(evaluate_if_due(cfg, model, eval_set, task, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
-            save_checkpoint(ckpt, checkpoint_state(t, model, trainer, sender, merged))
+            save_checkpoint(run_dir, peer_id, t, checkpoint_state(t, model, trainer, sender, merged))
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
                      len(links.neighbours), _eval_text(record))
 
@@ -258,13 +257,14 @@ def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:
             "sender": sender.state_dict(), "merged_delta": merged}
 
 
-def resume(path: Path, cfg: RunConfig, peer_id: int, rank: int, model, trainer, sender, merged: dict) -> int:
-    """Load the checkpoint if there is one; return the first round still to run."""
+def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, rank: int, model, trainer, sender,
+           merged: dict) -> int:
+    """Load the checkpoint of `resume_round` (default: the latest) if there is one; return the first round to run."""
     from .adapter import merge_delta_and_reset, write_adapter
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(cfg.out, peer_id, resume_round)
     if state is None:
-        log.info("no checkpoint at %s: starting at round 0", path)
+        log.info("no checkpoint in %s: starting at round 0", cfg.out)
         return 0
     if state.get("merged_delta"):
         # Stack mode: the base weights on disk are the pretrained ones; re-apply what earlier rounds merged.
@@ -273,7 +273,7 @@ def resume(path: Path, cfg: RunConfig, peer_id: int, rank: int, model, trainer, 
     write_adapter(model, adapter_from_state(state["adapter"]))
     trainer.load_state_dict(state["trainer"])
     sender.load_state_dict(state["sender"])
-    log.info("resumed from %s after round %d", path, state["round"])
+    log.info("resumed from the checkpoint of round %d", state["round"])
     return int(state["round"]) + 1
 
 
@@ -281,6 +281,9 @@ def resume(path: Path, cfg: RunConfig, peer_id: int, rank: int, model, trainer, 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="declora peer", description="run one peer of a declora network")
     p.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
+    p.add_argument("--resume-round", type=int, default=None,
+                   help="with --resume: the round whose checkpoint to load (default: the latest); give every peer "
+                        "the same one")
     add_flags(p)
     return p
 
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_centralized(cfg, threads)
         else:
-            run_peer(cfg, args.peer_id, threads)
+            run_peer(cfg, args.peer_id, threads, args.resume_round)
     except (ConfigError, FileNotFoundError) as e:
         print(f"declora peer: error: {e}", file=sys.stderr)
         return 2

@@ -50,7 +50,7 @@ def aggregate_updates(method: str, updates: dict[int, Adapter], samples: dict[in
     raise ConfigError(f"unknown server aggregation {method!r}; use fedit, flora, flexlora or zeropad")
 
 
-def run_server(cfg: RunConfig, threads: int = 1) -> None:
+def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
     from .peer import open_transport
     from .protocol import AdapterLayout, Kind, ProtocolError, encode_adapter, make_message, message_to_adapter
 
@@ -59,14 +59,14 @@ def run_server(cfg: RunConfig, threads: int = 1) -> None:
     me = cfg.peers
     clients = list(range(cfg.peers))
     book = address_book(cfg, None, run_dir, n_ids=cfg.peers + 1)
-    metrics = MetricsWriter(run_dir / "metrics" / "server.jsonl", truncate_after_round=-1)
+    metrics = MetricsWriter(run_dir / "metrics" / "server.jsonl", truncate_after_round=first_round - 1)
     layout: AdapterLayout | None = None  # the first client's HELLO says what every update must look like
 
     with open_transport(cfg, me, clients, book, None) as transport:
         missing = transport.wait_for_neighbours(cfg.start_timeout_s, clients)
         if missing:
             log.warning("starting without clients %s", sorted(missing))
-        for t in range(cfg.rounds):
+        for t in range(first_round, cfg.rounds):
             started = time.time()
             result = transport.collect(t, Kind.UPDATE, set(clients), cfg.deadline_s)
             layout = layout or _layout_from_hello(transport, clients)
@@ -127,6 +127,8 @@ def _sample_count(message) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="declora server", description="run the parameter-server baseline")
     p.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
+    p.add_argument("--resume-round", type=int, default=None,
+                   help="with --resume: the clients resume after this round, so the server starts at the next")
     add_flags(p)
     return p
 
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(args)
         if not cfg.server:
             raise ConfigError("the server needs --server fedit|flora|flexlora|zeropad")
-        run_server(cfg, cfg.threads or 1)
+        first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
+        run_server(cfg, cfg.threads or 1, first)
     except (ConfigError, FileNotFoundError) as e:
         print(f"declora server: error: {e}", file=sys.stderr)
         return 2

@@ -117,12 +117,13 @@ class LocalTrainer:
         lora, other = self._trainable_groups()
         if not lora and not other:
             raise ValueError("the model has no trainable parameters")
-        head_lr = self.config.head_lr or self.config.lr
-        groups = [{"params": lora, "base_lr": self.config.lr}, {"params": other, "base_lr": head_lr}]
-        groups = [g for g in groups if g["params"]]
-        for g in groups:
-            g["lr"] = g["base_lr"]
+        groups = [{"params": params, "base_lr": lr, "lr": lr}
+                  for params, lr in zip((lora, other), (self.config.lr, self.config.head_lr or self.config.lr)) if params]
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
+
+    def _base_lrs(self) -> list[float]:
+        lora, other = self._trainable_groups()
+        return [lr for params, lr in zip((lora, other), (self.config.lr, self.config.head_lr or self.config.lr)) if params]
 
     def reset_optimizer(self) -> None:
         """Fresh AdamW over the current trainable tensors (after set_rank / merge_delta_and_reset replaced them).
@@ -207,6 +208,8 @@ class LocalTrainer:
         if self._optimizer_is_stale():
             self.reset_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, base_lr in zip(self.optimizer.param_groups, self._base_lrs()):
+            group["base_lr"] = base_lr  # the config in force decides the learning rate, not the checkpoint
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.seed = int(state["seed"])
         self._batches = None

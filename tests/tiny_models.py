@@ -6,6 +6,7 @@ a byte-level tokenizer made in code). The tiny-gpt2 checkpoint lives in the shar
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -31,6 +32,20 @@ DOLLY_RECORDS = [
      "category": "classification"},
     {"instruction": "Who wrote Hamlet?", "context": "", "response": "Shakespeare.", "category": "open_qa"},
 ]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the busy core (measured: a
+    tiny BERT step took 0.02 s on one thread, 0.1-2.7 s on two while another process was training)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def need_tiny_gpt2() -> Path:

@@ -11,10 +11,16 @@ from declora import adapter as ad
 from declora.adapter import (ModelSpec, build_model, current_rank, load_saved_adapter, merge_delta_and_reset,
                              pick_device, read_adapter, save_adapter, save_merged_model, set_rank, write_adapter)
 from declora.factors import Adapter, LoraFactor
-from tests.tiny_models import need_tiny_gpt2
+from tests.tiny_models import need_tiny_gpt2, torch_threads
 
 BERT = ModelSpec("tiny-bert", "classification", num_labels=2)
 LLAMA = ModelSpec("tiny-llama", "causal_lm")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
 
 
 def inputs(tokenizer, texts=("a charming film", "dull and long, really")):

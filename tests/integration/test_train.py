@@ -10,7 +10,13 @@ from declora.adapter import ModelSpec, build_model, merge_delta_and_reset, read_
 from declora.data import tokenize
 from declora.factors import Adapter, LoraFactor
 from declora.train import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
-from tests.tiny_models import dolly_examples, sentiment_examples
+from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
 
 
 def tiny_bert(rank=4, seed=0, **spec):

@@ -146,3 +146,88 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- for the tests: launching peers ---------------------------------------------------------------------------------
+class Cluster:
+    """Peer processes of one test: free loopback ports, an address book, logs and outputs in `out`."""
+
+    def __init__(self, out: Path, n: int):
+        import socket
+
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        held = []
+        for _ in range(n):  # held open together so the ports are distinct
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        self.book = {i: f"tcp://127.0.0.1:{s.getsockname()[1]}" for i, s in enumerate(held)}
+        for s in held:
+            s.close()
+        self.addresses = self.out / "addresses.json"
+        self.addresses.write_text(json.dumps({str(k): v for k, v in self.book.items()}))
+        self.procs: dict[str, "subprocess.Popen"] = {}
+
+    def start(self, peer_id: int, *extra: str, tag: str = ""):
+        import subprocess
+
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        name = f"peer-{peer_id}{tag}"
+        log = open(self.out / f"{name}.log", "w")
+        cmd = [sys.executable, __file__, "--id", str(peer_id), "--addresses", str(self.addresses),
+               "--out", str(self.out), "--tag", tag, *extra]
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self.procs[name]
+
+    def progress(self, name: str) -> int:
+        try:
+            return int((self.out / f"progress-{name}").read_text())
+        except (OSError, ValueError):
+            return -1
+
+    def wait_until(self, condition, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not condition():
+            dead = {n: p.returncode for n, p in self.procs.items() if p.poll() not in (None, 0, -9)}
+            if dead:
+                raise AssertionError(f"peer(s) failed while waiting for {what}: {dead}\n{self.logs()}")
+            if time.monotonic() > end:
+                raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 90.0) -> dict[str, int]:
+        import subprocess
+
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def logs(self, tail: int = 15) -> str:
+        parts = []
+        for name in self.procs:
+            lines = (self.out / f"{name}.log").read_text(errors="replace").splitlines()[-tail:]
+            parts.append(f"--- {name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def result(self, name: str) -> tuple[dict, dict]:
+        data = torch.load(self.out / f"{name}.pt", weights_only=True)
+        info = json.loads((self.out / f"{name}.json").read_text())
+        return data, info
+
+
+def state_to_adapter(state: dict) -> Adapter:
+    keys = sorted({k[: -len(".A")] for k in state if k.endswith(".A")})
+    return Adapter({k: LoraFactor(state[f"{k}.A"], state[f"{k}.B"], ALPHA) for k in keys},
+                   {k[len("dense."):]: v for k, v in state.items() if k.startswith("dense.")})

@@ -248,10 +248,10 @@ def test_encoded_buffers_do_not_alias_the_input():
 # --------------------------------------------------------------------------------------------- stochastic rounding
 
 
-def crafted_biased_input(qmax: int) -> torch.Tensor:
-    """64 blocks of 64: absmax 1 (so scale = 1/qmax) and every other value 0.3 + 0.1/qmax, 0.1 of a step above a
-    grid point, which round-to-nearest always rounds down: a bias of -0.1 step on 63/64 of the elements."""
-    x = torch.full((64, 64), (round(0.3 * qmax) + 0.1) / qmax)
+def crafted_biased_input(qmax: int, blocks: int = 64) -> torch.Tensor:
+    """`blocks` blocks of 64: absmax 1 (so scale = 1/qmax) and every other value 0.1 of a step above a grid point,
+    which round-to-nearest always rounds down: a bias of -0.1 step on 63/64 of the elements."""
+    x = torch.full((blocks, 64), (round(0.3 * qmax) + 0.1) / qmax)
     x[:, 0] = 1.0
     return x
 
@@ -259,23 +259,23 @@ def crafted_biased_input(qmax: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", QUANT)
 def test_stochastic_rounding_is_unbiased(name):
     qmax = QMAX[name]
-    x = crafted_biased_input(qmax)
     step = 1.0 / qmax
     det = make_codec(name)
-    bias_det = float((round_trip(det, x)[1] - x).mean())
+    x1 = crafted_biased_input(qmax, blocks=1)
+    bias_det = float((round_trip(det, x1)[1] - x1).mean())
     assert bias_det < -0.09 * step * 63 / 64  # deterministic rounding: biased, the same way every time
 
+    # 300 independent stochastic encodings of that block: 20 encode calls of 15 copies each (each block draws its
+    # own noise, so a copy is as good as a repeat, and far fewer calls keep the test fast).
     sr = make_codec(name, stochastic=True)
     gen = torch.Generator().manual_seed(0)
-    repeats = 300
-    err = torch.zeros_like(x)
-    for _ in range(repeats):
-        err += round_trip(sr, x, gen)[1] - x
-    mean_err = err / repeats
-    # Pooled mean error: its standard error is ~0.3 step / sqrt(300 * 4096) ~ 3e-4 step; bias_det is 0.1 step.
-    assert abs(float(mean_err.mean())) < 0.005 * step
-    # Per element: each mean's standard error is ~0.3 step / sqrt(300) ~ 0.017 step; no element keeps the bias.
-    assert float(mean_err.abs().max()) < 0.09 * step
+    x = crafted_biased_input(qmax, blocks=15)
+    errors = torch.cat([round_trip(sr, x, gen)[1] - x for _ in range(20)])  # (300, 64): repeat x element
+    mean_err = errors.mean(dim=0)
+    # Pooled mean error: its standard error is ~0.3 step / sqrt(300 * 63) ~ 2e-3 step; bias_det is 0.1 step.
+    assert abs(float(mean_err[1:].mean())) < 0.01 * step
+    # Per element: each mean's standard error is ~0.3 step / sqrt(300) ~ 0.017 step; none keeps the bias.
+    assert float(mean_err.abs().max()) < 0.07 * step
 
 
 def test_stochastic_rounding_is_reproducible_with_a_generator():
@@ -293,7 +293,8 @@ def test_stochastic_rounding_is_reproducible_with_a_generator():
 @pytest.mark.parametrize("name", QUANT)
 def test_error_feedback_keeps_running_sums_together(name):
     qmax = QMAX[name]
-    x = crafted_biased_input(qmax)
+    step = 1.0 / qmax  # every block of the crafted input has absmax 1
+    x = crafted_biased_input(qmax, blocks=4)
     codec = make_codec(name)
     ef = ErrorFeedback(codec)
     sum_in = torch.zeros_like(x)
@@ -301,19 +302,16 @@ def test_error_feedback_keeps_running_sums_together(name):
     sum_plain = torch.zeros_like(x)
     rounds = 100
     for t in range(rounds):
-        enc, dec = ef.encode("layer.0.A", x)
+        _, dec = ef.encode("layer.0.A", x)
         sum_in += x
         sum_ef += dec
         sum_plain += round_trip(codec, x)[1]
         # The gap is exactly the residual the sender holds, and stays within one quantization step.
         gap = sum_in - sum_ef
         torch.testing.assert_close(gap, ef.residual("layer.0.A"), atol=1e-4 * (t + 1), rtol=0)
-        step = per_element(block_scales(enc), x.numel(), codec.block_size).reshape(x.shape)
-        assert bool((gap.abs() <= step * 1.0001 + 1e-4 * (t + 1)).all()), t
-    # Without error feedback the same input drifts linearly: 0.1 step per round.
-    drift = float((sum_in - sum_plain).abs().max())
-    assert drift > 0.09 * rounds / qmax
-    assert float((sum_in - sum_ef).abs().max()) < drift / 20
+        assert float(gap.abs().max()) <= step * 1.0001 + 1e-4 * (t + 1), t
+    # Without error feedback the same input drifts linearly, 0.1 step per round: ~10 steps after 100 rounds.
+    assert float((sum_in - sum_plain).abs().max()) > 0.09 * rounds * step
 
 
 def test_error_feedback_on_random_inputs_does_not_grow():

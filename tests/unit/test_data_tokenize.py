@@ -7,7 +7,13 @@ import torch
 from declora.adapter import byte_tokenizer
 from declora.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, batches, collate,
                           epoch_order, eval_batches, format_prompt, tokenize)
-from tests.tiny_models import dolly_examples, sentiment_examples
+from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
