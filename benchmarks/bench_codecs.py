@@ -185,9 +185,11 @@ def main() -> None:
     print(f"floor: allocating + filling fresh fp32 outputs runs at {fresh_MBps:.0f} MB/s on this machine")
     int8 = next(r for r in rows if r["codec"] == "int8")
     wall_gbps, cpu_gbps = int8["enc_plus_dec_MBps"] / 1e3, int8["enc_plus_dec_cpu_MBps"] / 1e3
-    met = wall_gbps >= GOAL_INT8_GBPS
-    print(f"goal int8 encode+decode >= {GOAL_INT8_GBPS} GB/s on one core: {wall_gbps:.2f} GB/s wall, "
-          f"{cpu_gbps:.2f} GB/s CPU time -> {'met' if met else 'MISSED'} (wall)")
+    # Wall clock is the strict reading; on a shared machine (load above the core count) it also counts time this
+    # process spent queued, and CPU time is the fairer measure of what the codec costs one core. Both are recorded.
+    met, met_cpu = wall_gbps >= GOAL_INT8_GBPS, cpu_gbps >= GOAL_INT8_GBPS
+    print(f"goal int8 encode+decode >= {GOAL_INT8_GBPS} GB/s on one core: {wall_gbps:.2f} GB/s wall "
+          f"({'met' if met else 'MISSED'}), {cpu_gbps:.2f} GB/s CPU time ({'met' if met_cpu else 'MISSED'})")
 
     scales = scale_dtype_experiment(args.seed, args.block)
     print("\nscale dtype (rel RMS):")
@@ -201,7 +203,7 @@ def main() -> None:
         "codecs": rows,
         "fresh_memory_MBps": fresh_MBps,
         "goal": {"int8_enc_plus_dec_GBps": GOAL_INT8_GBPS, "measured_wall_GBps": wall_gbps,
-                 "measured_cpu_GBps": cpu_gbps, "met": met},
+                 "measured_cpu_GBps": cpu_gbps, "met": met, "met_cpu_time": met_cpu},
         "load_average_1min": load,
         "scale_dtype": scales,
     })

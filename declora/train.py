@@ -106,24 +106,21 @@ class LocalTrainer:
         self.optimizer = self._new_optimizer()
 
     # ---- optimizer --------------------------------------------------------------------------------------------
-    def _trainable_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    def _groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, base lr) per optimizer group: the LoRA factors at lr, the other trainable tensors (the
+        classifier head, which starts from scratch) at head_lr."""
         lora, other = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
                 (lora if ".lora_" in name else other).append(p)
-        return lora, other
+        head_lr = self.config.head_lr or self.config.lr
+        return [(params, lr) for params, lr in ((lora, self.config.lr), (other, head_lr)) if params]
 
     def _new_optimizer(self) -> torch.optim.AdamW:
-        lora, other = self._trainable_groups()
-        if not lora and not other:
+        groups = [{"params": params, "base_lr": lr, "lr": lr} for params, lr in self._groups()]
+        if not groups:
             raise ValueError("the model has no trainable parameters")
-        groups = [{"params": params, "base_lr": lr, "lr": lr}
-                  for params, lr in zip((lora, other), (self.config.lr, self.config.head_lr or self.config.lr)) if params]
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
-
-    def _base_lrs(self) -> list[float]:
-        lora, other = self._trainable_groups()
-        return [lr for params, lr in zip((lora, other), (self.config.lr, self.config.head_lr or self.config.lr)) if params]
 
     def reset_optimizer(self) -> None:
         """Fresh AdamW over the current trainable tensors (after set_rank / merge_delta_and_reset replaced them).
@@ -132,8 +129,7 @@ class LocalTrainer:
 
     def _optimizer_is_stale(self) -> bool:
         held = [id(p) for g in self.optimizer.param_groups for p in g["params"]]
-        lora, other = self._trainable_groups()
-        return held != [id(p) for p in lora + other]
+        return held != [id(p) for params, _ in self._groups() for p in params]
 
     # ---- data -------------------------------------------------------------------------------------------------
     def _next_batch(self) -> dict[str, torch.Tensor]:
@@ -208,7 +204,7 @@ class LocalTrainer:
         if self._optimizer_is_stale():
             self.reset_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, base_lr in zip(self.optimizer.param_groups, self._base_lrs()):
+        for group, (_, base_lr) in zip(self.optimizer.param_groups, self._groups()):
             group["base_lr"] = base_lr  # the config in force decides the learning rate, not the checkpoint
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         self.seed = int(state["seed"])

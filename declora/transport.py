@@ -86,6 +86,21 @@ class _DropLog:
             log.warning("peer %d dropped a message from %s: %s (%s) [%d so far]", self.peer_id, sender, reason, detail, n)
 
 
+class _RefusalLog:
+    """One log line per refused connection (a failed handshake), thinned out like _DropLog."""
+
+    def __init__(self, peer_id: int):
+        self.peer_id = peer_id
+        self.counts: Counter = Counter()
+
+    def __call__(self, event: str) -> None:
+        self.counts[event] += 1
+        n = self.counts[event]
+        if n <= 10 or n % 1000 == 0:
+            log.warning("peer %d refused a connection: %s (wrong key, unknown key or no CURVE) [%d so far]",
+                        self.peer_id, event, n)
+
+
 class Transport:
     """The round inbox, liveness bookkeeping and counters shared by the ZeroMQ and in-process transports.
 
@@ -425,8 +440,9 @@ class ZmqTransport(Transport):
         self._stop = threading.Event()
         self._last_heard: dict[int, float] = {}
         self._last_ping: dict[int, float] = {}
-        self._down: set[int] = set()  # silent too long, or said BYE
-        self._started_at = 0.0
+        self._confirmed: set[int] = set()  # answered a HELLO/PING of ours since it last (re)appeared
+        self._down: set[int] = set()  # was confirmed, then went silent or said BYE
+        self._refusal_log = _RefusalLog(self.peer_id)
 
     # ---- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> "ZmqTransport":
@@ -446,7 +462,6 @@ class ZmqTransport(Transport):
         except Exception:
             self._teardown()
             raise
-        self._started_at = time.monotonic()
         self._started = True
         self._thread = threading.Thread(target=self._io_loop, args=(wake_recv,), name=f"declora-io-{self.peer_id}",
                                         daemon=True)
@@ -533,54 +548,65 @@ class ZmqTransport(Transport):
                 return False
 
     # ---- liveness -------------------------------------------------------------------------------------------------------
+    # A neighbour is live when (1) it has answered one of our HELLOs or PINGs since it (re)appeared, which proves
+    # both directions work (our DEALER reached its ROUTER, its DEALER reached ours; hearing from it alone does not
+    # mean our sends get through: DEALERs connect asynchronously and IMMEDIATE refuses to queue meanwhile), and
+    # (2) we heard anything from it within the last `missed_intervals_before_down` intervals.
     def _live_set(self) -> set[int]:
         now = time.monotonic()
         limit = self.liveness.down_after_s
-        return {j for j, t in self._last_heard.items() if j not in self._down and now - t <= limit}
+        return {j for j in self._confirmed if now - self._last_heard.get(j, -math.inf) <= limit}
 
     def _down_set(self) -> set[int]:
         with self._cv:
             return set(self._down)
 
     def _heard(self, sender: int, msg: Message) -> None:
-        if sender in self._down:
-            self._down.discard(sender)
-            log.info("peer %d: neighbour %d is up again", self.peer_id, sender)
         self._last_heard[sender] = time.monotonic()
+        if msg.kind == Kind.PONG or (msg.kind == Kind.HELLO and msg.body.get("reply")):
+            if sender not in self._confirmed:
+                self._confirmed.add(sender)
+                if sender in self._down:
+                    self._down.discard(sender)
+                    log.info("peer %d: neighbour %d is up again", self.peer_id, sender)
+                self._cv.notify_all()
 
     def _said_bye(self, sender: int) -> None:
+        self._confirmed.discard(sender)
         if sender not in self._down:
             self._down.add(sender)
             self._c_down[sender] += 1
             log.info("peer %d: neighbour %d said bye", self.peer_id, sender)
 
     def poll_liveness(self) -> None:
-        """Mark neighbours down that have been silent too long, and ping the quiet ones (the I/O thread calls this
-        every quarter interval; calling it by hand is harmless)."""
+        """Mark neighbours down that have been silent too long; HELLO the unconfirmed ones and PING the quiet ones
+        (the I/O thread calls this every quarter interval; calling it by hand is harmless)."""
         now = time.monotonic()
         interval = self.liveness.heartbeat_interval_s
         to_ping = []
         with self._cv:
             changed = False
             for j in self.neighbours:
-                heard = self._last_heard.get(j)
-                silent = now - (heard if heard is not None else self._started_at)
-                if j not in self._down and heard is not None and silent > self.liveness.down_after_s:
+                silent = now - self._last_heard.get(j, -math.inf)
+                if j in self._confirmed and silent > self.liveness.down_after_s:
+                    self._confirmed.discard(j)
                     self._down.add(j)
                     self._c_down[j] += 1
                     changed = True
                     log.warning("peer %d: neighbour %d is down (silent for %.1f s)", self.peer_id, j, silent)
-                if (heard is None or now - heard >= interval) and now - self._last_ping.get(j, -math.inf) >= interval:
-                    self._last_ping[j] = now
-                    to_ping.append((j, heard is None or j in self._down))
+                if now - self._last_ping.get(j, -math.inf) < interval:
+                    continue
+                if j not in self._confirmed:
+                    to_ping.append((j, Kind.HELLO))  # (re)start: it learns our endpoint/layout, its reply confirms
+                elif silent >= interval:
+                    to_ping.append((j, Kind.PING))
+                else:
+                    continue
+                self._last_ping[j] = now
             if changed:
                 self._cv.notify_all()
-        for j, first_contact in to_ping:
-            # HELLO until we have heard from it (again): a neighbour that (re)started learns our layout.
-            if first_contact:
-                self._send_control(j, Kind.HELLO, self._hello_body())
-            else:
-                self._send_control(j, Kind.PING)
+        for j, kind in to_ping:
+            self._send_control(j, kind, self._hello_body() if kind == Kind.HELLO else None)
 
     # ---- the I/O thread ------------------------------------------------------------------------------------------------
     def _io_loop(self, wake: zmq.Socket) -> None:
@@ -639,8 +665,8 @@ class ZmqTransport(Transport):
             if name:
                 with self._cv:
                     self._c_events[name] += 1
-                if name in ("auth_failed", "handshake_failed_protocol"):
-                    self._drop_log(name, "a connection", "CURVE handshake refused")
+                if name in ("auth_failed", "handshake_failed_protocol", "handshake_failed"):
+                    self._refusal_log(name)
 
     def _drain_dealers(self) -> None:
         """Nobody should send to our DEALERs (replies come in through their DEALER to our ROUTER): discard."""

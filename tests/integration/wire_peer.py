@@ -110,9 +110,9 @@ def main() -> int:
         wait_for = neighbours if args.wait_for is None else [int(j) for j in args.wait_for.split(",") if j.strip()]
         start = 0
         if args.join:
-            end = time.monotonic() + args.start_timeout
-            while not transport.neighbour_rounds() and time.monotonic() < end:
-                transport.service(0.05)
+            # Hear from every neighbour first (they may be several rounds apart), then start just past the most
+            # advanced one: a round the others have not finished yet, so nobody drops our first message as old.
+            transport.wait_for_neighbours(min(args.start_timeout, 10.0), wait_for)
             rounds = transport.neighbour_rounds()
             start = max(rounds.values()) + 1 if rounds else 0
         else:
@@ -131,6 +131,9 @@ def main() -> int:
                           "time": time.time(), "waited": result.waited_s})
             ids = [args.id, *sorted(theirs)]
             mine = aggregate.gossip([mine, *(theirs[j] for j in ids[1:])], [weights[i] for i in ids])
+            # Saved every round (atomically) so the rounds of a peer that gets SIGKILLed can still be checked.
+            torch.save(trace, out / f"trace-{name}.tmp")
+            os.replace(out / f"trace-{name}.tmp", out / f"trace-{name}.pt")
             (out / f"progress-{name}").write_text(str(t))
             t += 1
             if args.until_file and os.path.exists(args.until_file):
@@ -176,7 +179,7 @@ class Cluster:
         name = f"peer-{peer_id}{tag}"
         log = open(self.out / f"{name}.log", "w")
         cmd = [sys.executable, __file__, "--id", str(peer_id), "--addresses", str(self.addresses),
-               "--out", str(self.out), "--tag", tag, *extra]
+               "--out", str(self.out), f"--tag={tag}", *extra]
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self.procs[name]
 

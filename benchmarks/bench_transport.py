@@ -1,0 +1,267 @@
+"""Wire throughput: one adapter exchange between two peer processes on loopback, against raw pyzmq in the same run.
+
+Payload: a Llama-2-7B-shaped LoRA adapter, r=16 on q_proj and v_proj (32 layers x 2 modules: A 16 x 4096,
+B 4096 x 16), 33.5 MB in fp32. Two worker processes (this script with --worker) exchange it at the same time (each
+sends its adapter and waits for the other's), through:
+
+- `transport`: ZmqTransport.exchange of a message built beforehand (encode outside the timing; the receiver
+  validates every header field and frame size but does not decode),
+- `transport+codec`: encode_adapter + make_message + exchange + decode into an Adapter, all inside the timing,
+- `raw`: a bare DEALER -> ROUTER pair sending the same number of bytes as one zero-copy frame.
+
+MB/s = bytes of one message / seconds for the exchange (both directions run at once; median over repeats).
+Goal (issue 3): transport >= 0.8 x raw for fp32. Also measured: packing small factors into one frame vs one frame
+per tensor (MiniLM-sized factors), and the round time of a ring of 16 peer processes exchanging the 7B payload
+(on a 2-core machine that is 16 processes sharing 2 cores: it measures contention as much as the wire).
+
+    python benchmarks/bench_transport.py [--repeats 10] [--ring 16] [--ring-rounds 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from declora.factors import Adapter, LoraFactor  # noqa: E402
+from declora.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter  # noqa: E402
+
+GOAL_RATIO = 0.8
+
+
+def llama7b_adapter(seed: int) -> Adapter:
+    g = torch.Generator().manual_seed(seed)
+    return Adapter({f"base_model.model.model.layers.{layer}.self_attn.{m}":
+                    LoraFactor(torch.randn(16, 4096, generator=g), torch.randn(4096, 16, generator=g) * 0.01, 32.0)
+                    for layer in range(32) for m in ("q_proj", "v_proj")})
+
+
+def minilm_adapter(seed: int) -> Adapter:
+    """Small factors (12 KiB each): where packing into one frame could pay."""
+    g = torch.Generator().manual_seed(seed)
+    return Adapter({f"encoder.layer.{layer}.attention.self.{m}":
+                    LoraFactor(torch.randn(8, 384, generator=g), torch.randn(384, 8, generator=g), 16.0)
+                    for layer in range(6) for m in ("query", "value")})
+
+
+def free_ports(n: int) -> list[int]:
+    held = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        held.append(s)
+    ports = [s.getsockname()[1] for s in held]
+    for s in held:
+        s.close()
+    return ports
+
+
+# ---- worker side ---------------------------------------------------------------------------------------------------
+def run_pair_worker(cfg: dict) -> dict:
+    """One of the two peers: every mode in turn, each repeat started at a barrier so both send at once."""
+    import numpy as np
+    import zmq
+
+    from declora.transport import Liveness, ZmqTransport
+
+    me, other = cfg["id"], 1 - cfg["id"]
+    big = llama7b_adapter(me)
+    small = minilm_adapter(me)
+    layouts = {"big": AdapterLayout.from_adapter(big, equal_rank=True),
+               "small": AdapterLayout.from_adapter(small, equal_rank=True)}
+    transports = {name: ZmqTransport(me, cfg["book"][name][me], {other: cfg["book"][name][other]}, layout=layout,
+                                     liveness=Liveness(1.0, 30), decode=False).start()
+                  for name, layout in layouts.items()}
+    ctx = zmq.Context()
+    barrier = ctx.socket(zmq.PAIR)
+    (barrier.bind if me == 0 else barrier.connect)(cfg["book"]["barrier"])
+    raw_in = ctx.socket(zmq.ROUTER)
+    raw_in.bind(cfg["book"]["raw"][me])
+    raw_out = ctx.socket(zmq.DEALER)
+    raw_out.connect(cfg["book"]["raw"][other])
+    for t in transports.values():
+        if t.wait_for_neighbours(120):
+            raise RuntimeError("the other peer did not come up")
+
+    def sync():
+        barrier.send(b"")
+        barrier.recv()
+
+    rounds = {"big": 0, "small": 0}
+    results = {}
+
+    def exchange(kind: str, codec: str, inside: bool, pack_below: int | None = None):
+        adapter, t = (big, transports["big"]) if kind == "big" else (small, transports["small"])
+        kw = {} if pack_below is None else {"pack_below": pack_below}
+        r = rounds[kind]
+        rounds[kind] += 1
+        if not inside:
+            msg = make_message(Kind.FACTORS, me, r, encode_adapter(adapter, codec, return_decoded=False)[0], **kw)
+        t.decode = inside
+        sync()
+        t0 = time.perf_counter()
+        if inside:
+            msg = make_message(Kind.FACTORS, me, r, encode_adapter(adapter, codec, return_decoded=False)[0], **kw)
+        res = t.exchange(r, msg, deadline_s=120)
+        if other not in res.received:
+            raise RuntimeError(f"round {r}: nothing from the other peer ({res})")
+        if inside:
+            message_to_adapter(res.received[other])
+        return time.perf_counter() - t0, msg.nbytes
+
+    def raw(nbytes: int):
+        buf = np.ones(nbytes, dtype=np.uint8)
+        sync()
+        t0 = time.perf_counter()
+        raw_out.send(buf, copy=False)
+        raw_in.recv_multipart(copy=False)
+        return time.perf_counter() - t0, nbytes
+
+    reps, warm = cfg["repeats"], 2
+    for codec in ("fp32", "int8"):
+        nbytes = exchange("big", codec, False)[1]  # also a warm-up; raw sends exactly this many bytes
+        variants = {f"raw/{codec}": lambda: raw(nbytes),
+                    f"transport/{codec}": lambda: exchange("big", codec, False),
+                    f"transport+codec/{codec}": lambda: exchange("big", codec, True)}
+        for name in variants:
+            results[name] = []
+        # Interleaved repeat by repeat, so a burst of load from other processes hits every variant alike.
+        for rep in range(warm + reps):
+            for name, fn in variants.items():
+                dt, n = fn()
+                if rep >= warm:
+                    results[name].append([dt, n])
+    for label, pack in (("packed", None), ("frame-per-tensor", 0)):
+        results[f"small/{label}"] = [list(exchange("small", "fp32", False, pack)) for _ in range(warm + 10 * reps)][warm:]
+    for t in transports.values():
+        t.close()
+    ctx.destroy(linger=0)
+    return results
+
+
+def run_ring_worker(cfg: dict) -> dict:
+    """One peer of the ring: a few rounds of encode + exchange with both neighbours + decode, fp32 then int8."""
+    from declora.transport import Liveness, ZmqTransport
+
+    me, n = cfg["id"], cfg["n"]
+    adapter = llama7b_adapter(me)
+    nbrs = sorted({(me - 1) % n, (me + 1) % n})
+    book = {int(k): v for k, v in cfg["book"].items()}
+    t = ZmqTransport(me, book[me], {j: book[j] for j in nbrs}, layout=AdapterLayout.from_adapter(adapter, equal_rank=True),
+                     liveness=Liveness(1.0, 60)).start()
+    missing = t.wait_for_neighbours(300)
+    out = {"missing_at_start": sorted(missing)}
+    r = 0
+    for codec in ("fp32", "int8"):
+        times = []
+        for _ in range(cfg["rounds"] + 1):
+            t0 = time.perf_counter()
+            msg = make_message(Kind.FACTORS, me, r, encode_adapter(adapter, codec, return_decoded=False)[0])
+            res = t.exchange(r, msg, deadline_s=300)
+            for m in res.received.values():
+                message_to_adapter(m)
+            times.append([time.perf_counter() - t0, len(res.received), msg.nbytes])
+            r += 1
+        out[codec] = times[1:]  # the first round also absorbs start-up skew between the processes
+    t.close()
+    return out
+
+
+# ---- driver --------------------------------------------------------------------------------------------------------
+def launch(role: str, cfgs: list[dict], timeout: float) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", role, json.dumps(c)], stdout=subprocess.PIPE,
+                              env=env, text=True) for c in cfgs]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"{role} worker failed with status {p.returncode}")
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    return outs
+
+
+def median_rate(samples: list) -> tuple[float, float, int]:
+    """(median seconds, MB/s at that median, bytes)."""
+    dt = statistics.median(s[0] for s in samples)
+    nbytes = samples[0][1]
+    return dt, nbytes / dt / 1e6, nbytes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=10, help="timed exchanges per variant (after 2 warm-ups)")
+    ap.add_argument("--ring", type=int, default=16, help="peers in the ring (0 = skip the ring)")
+    ap.add_argument("--ring-rounds", type=int, default=4, help="timed rounds per codec in the ring")
+    ap.add_argument("--worker", nargs=2, metavar=("ROLE", "CONFIG"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.worker:
+        role, cfg = args.worker[0], json.loads(args.worker[1])
+        result = run_pair_worker(cfg) if role == "pair" else run_ring_worker(cfg)
+        print(json.dumps(result))
+        return 0
+
+    from benchmarks.machine import write_result
+
+    p = free_ports(7)
+    book = {"big": [f"tcp://127.0.0.1:{p[0]}", f"tcp://127.0.0.1:{p[1]}"],
+            "small": [f"tcp://127.0.0.1:{p[2]}", f"tcp://127.0.0.1:{p[3]}"],
+            "raw": [f"tcp://127.0.0.1:{p[4]}", f"tcp://127.0.0.1:{p[5]}"], "barrier": f"tcp://127.0.0.1:{p[6]}"}
+    pair = launch("pair", [{"id": i, "book": book, "repeats": args.repeats} for i in (0, 1)], timeout=1800)
+    rows, payload = [], {"pair": {}, "goal_ratio_fp32": GOAL_RATIO}
+    for codec in ("fp32", "int8"):
+        # Each exchange moves one message each way at once; a peer's time is until it has the other's message.
+        merged = {k: pair[0][f"{k}/{codec}"] + pair[1][f"{k}/{codec}"] for k in ("raw", "transport", "transport+codec")}
+        raw_dt, raw_mbs, nbytes = median_rate(merged["raw"])
+        for variant in ("raw", "transport", "transport+codec"):
+            dt, mbs, n = median_rate(merged[variant])
+            ratio = mbs / raw_mbs
+            payload["pair"][f"{variant}/{codec}"] = {"median_s": dt, "MB_per_s": mbs, "bytes": n, "ratio_to_raw": ratio,
+                                                     "samples_s": [s[0] for s in merged[variant]]}
+            rows.append((f"{codec} {variant}", n / 1e6, dt * 1e3, mbs, ratio))
+    small = {k: pair[0][f"small/{k}"] + pair[1][f"small/{k}"] for k in ("packed", "frame-per-tensor")}
+    payload["small_factors"] = {}
+    for label, samples in small.items():
+        dt, mbs, n = median_rate(samples)
+        payload["small_factors"][label] = {"median_s": dt, "MB_per_s": mbs, "bytes": n}
+        rows.append((f"minilm-r8 fp32 {label}", n / 1e6, dt * 1e3, mbs, float("nan")))
+    fp32_ratio = payload["pair"]["transport/fp32"]["ratio_to_raw"]
+    payload["goal_met_fp32"] = fp32_ratio >= GOAL_RATIO
+
+    if args.ring:
+        n = args.ring
+        ports = free_ports(n)
+        ring_book = {i: f"tcp://127.0.0.1:{ports[i]}" for i in range(n)}
+        ring = launch("ring", [{"id": i, "n": n, "book": ring_book, "rounds": args.ring_rounds} for i in range(n)],
+                      timeout=3600)
+        payload["ring"] = {"peers": n, "cores": os.cpu_count(), "rounds": args.ring_rounds,
+                           "note": f"{n} peer processes on {os.cpu_count()} cores; encode + exchange + decode per round"}
+        for codec in ("fp32", "int8"):
+            per_round = [max(w[codec][k][0] for w in ring) for k in range(args.ring_rounds)]
+            heard = min(min(x[1] for x in w[codec]) for w in ring)
+            payload["ring"][codec] = {"round_s_median": statistics.median(per_round), "round_s_per_round": per_round,
+                                      "min_neighbours_heard": heard, "message_bytes": ring[0][codec][0][2]}
+            rows.append((f"ring:{n} {codec} round (slowest peer)", ring[0][codec][0][2] / 1e6,
+                         statistics.median(per_round) * 1e3, float("nan"), float("nan")))
+    path = write_result("bench_transport", payload)
+    print(f"{'variant':40s} {'MB/msg':>8s} {'ms':>9s} {'MB/s':>8s} {'x raw':>6s}")
+    for name, mb, ms, mbs, ratio in rows:
+        print(f"{name:40s} {mb:8.2f} {ms:9.1f} {mbs:8.0f} {ratio:6.2f}")
+    print(f"fp32 transport / raw = {fp32_ratio:.2f} (goal >= {GOAL_RATIO}); wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
