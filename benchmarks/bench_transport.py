@@ -103,6 +103,8 @@ def run_pair_worker(cfg: dict) -> dict:
 
     def exchange(kind: str, codec: str, inside: bool, pack_below: int | None = None):
         adapter, t = (big, transports["big"]) if kind == "big" else (small, transports["small"])
+        if pack_below is None:
+            pack_below = cfg.get("pack_below")
         kw = {} if pack_below is None else {"pack_below": pack_below}
         r = rounds[kind]
         rounds[kind] += 1
@@ -204,6 +206,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=10, help="timed exchanges per variant (after 2 warm-ups)")
     ap.add_argument("--ring", type=int, default=16, help="peers in the ring (0 = skip the ring)")
     ap.add_argument("--ring-rounds", type=int, default=4, help="timed rounds per codec in the ring")
+    ap.add_argument("--pack-below", type=int, default=None,
+                    help="pack buffers under this many bytes into one frame (default: protocol.PACK_BELOW)")
     ap.add_argument("--worker", nargs=2, metavar=("ROLE", "CONFIG"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -219,7 +223,7 @@ def main() -> int:
     book = {"big": [f"tcp://127.0.0.1:{p[0]}", f"tcp://127.0.0.1:{p[1]}"],
             "small": [f"tcp://127.0.0.1:{p[2]}", f"tcp://127.0.0.1:{p[3]}"],
             "raw": [f"tcp://127.0.0.1:{p[4]}", f"tcp://127.0.0.1:{p[5]}"], "barrier": f"tcp://127.0.0.1:{p[6]}"}
-    pair = launch("pair", [{"id": i, "book": book, "repeats": args.repeats} for i in (0, 1)], timeout=1800)
+    pair = launch("pair", [{"id": i, "book": book, "repeats": args.repeats, "pack_below": args.pack_below} for i in (0, 1)], timeout=1800)
     rows, payload = [], {"pair": {}, "goal_ratio_fp32": GOAL_RATIO}
     for codec in ("fp32", "int8"):
         # Each exchange moves one message each way at once; a peer's time is until it has the other's message.
