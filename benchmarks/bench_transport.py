@@ -7,7 +7,9 @@ sends its adapter and waits for the other's), through:
 - `transport`: ZmqTransport.exchange of a message built beforehand (encode outside the timing; the receiver
   validates every header field and frame size but does not decode),
 - `transport+codec`: encode_adapter + make_message + exchange + decode into an Adapter, all inside the timing,
-- `raw`: a bare DEALER -> ROUTER pair sending the same number of bytes as one zero-copy frame.
+- `raw`: a bare DEALER -> ROUTER pair sending the same number of bytes as one zero-copy frame (the issue's baseline),
+- `raw-same-frames`: bare pyzmq sending the transport's exact frames (header + 128 zero-copy factor frames), to
+  separate what the protocol layer costs from what the frame sizes cost.
 
 MB/s = bytes of one message / seconds for the exchange (both directions run at once; median over repeats).
 Goal (issue 3): transport >= 0.8 x raw for fp32. Also measured: packing small factors into one frame vs one frame
@@ -35,9 +37,11 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from declora.factors import Adapter, LoraFactor  # noqa: E402
-from declora.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter  # noqa: E402
+from declora.protocol import (  # noqa: E402
+    AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames)
 
 GOAL_RATIO = 0.8
+VARIANTS = ("raw", "raw-same-frames", "transport", "transport+codec")
 
 
 def llama7b_adapter(seed: int) -> Adapter:
@@ -122,6 +126,15 @@ def run_pair_worker(cfg: dict) -> dict:
             message_to_adapter(res.received[other])
         return time.perf_counter() - t0, msg.nbytes
 
+    def raw_frames(codec: str):
+        """The transport's exact frames, sent and received with bare pyzmq: what the protocol layer costs."""
+        frames = to_frames(make_message(Kind.FACTORS, me, 0, encode_adapter(big, codec, return_decoded=False)[0]))
+        sync()
+        t0 = time.perf_counter()
+        raw_out.send_multipart(frames, copy=False)
+        raw_in.recv_multipart(copy=False)
+        return time.perf_counter() - t0, sum(memoryview(f).nbytes for f in frames)
+
     def raw(nbytes: int):
         buf = np.ones(nbytes, dtype=np.uint8)
         sync()
@@ -134,6 +147,7 @@ def run_pair_worker(cfg: dict) -> dict:
     for codec in ("fp32", "int8"):
         nbytes = exchange("big", codec, False)[1]  # also a warm-up; raw sends exactly this many bytes
         variants = {f"raw/{codec}": lambda: raw(nbytes),
+                    f"raw-same-frames/{codec}": lambda: raw_frames(codec),
                     f"transport/{codec}": lambda: exchange("big", codec, False),
                     f"transport+codec/{codec}": lambda: exchange("big", codec, True)}
         for name in variants:
@@ -227,9 +241,9 @@ def main() -> int:
     rows, payload = [], {"pair": {}, "goal_ratio_fp32": GOAL_RATIO}
     for codec in ("fp32", "int8"):
         # Each exchange moves one message each way at once; a peer's time is until it has the other's message.
-        merged = {k: pair[0][f"{k}/{codec}"] + pair[1][f"{k}/{codec}"] for k in ("raw", "transport", "transport+codec")}
+        merged = {k: pair[0][f"{k}/{codec}"] + pair[1][f"{k}/{codec}"] for k in VARIANTS}
         raw_dt, raw_mbs, nbytes = median_rate(merged["raw"])
-        for variant in ("raw", "transport", "transport+codec"):
+        for variant in VARIANTS:
             dt, mbs, n = median_rate(merged[variant])
             ratio = mbs / raw_mbs
             payload["pair"][f"{variant}/{codec}"] = {"median_s": dt, "MB_per_s": mbs, "bytes": n, "ratio_to_raw": ratio,

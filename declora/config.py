@@ -59,8 +59,10 @@ class RunConfig:
     local_steps: int = _opt(10, "local optimizer steps per round")
     batch_size: int = _opt(32, "examples per step")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    lr: float = _opt(1e-3, "AdamW learning rate of the LoRA factors")
-    head_lr: float = _opt(3e-3, "learning rate of the other trainable tensors (classifier head); 0 = same as --lr")
+    # Defaults from a calibration on MiniLM-L6 + SST-2 (see declora/train.py, DEFAULTS): 53% -> 81/82/84% dev
+    # accuracy after 100/200/400 pooled steps of 32.
+    lr: float = _opt(2e-3, "AdamW learning rate of the LoRA factors")
+    head_lr: float = _opt(5e-3, "learning rate of the other trainable tensors (classifier head); 0 = same as --lr")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     schedule: str = _opt("constant", "learning-rate schedule: constant | linear | cosine")
     warmup_steps: int = _opt(0, "linear warm-up steps")

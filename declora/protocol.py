@@ -12,9 +12,12 @@ payload is read. Each entry of `tensors` names one encoded tensor:
      to), "shape": [...], "r": rank, "alpha": lora alpha, "rslora": bool, "meta": codec meta,
      "bufs": [[frame index, byte offset, byte length], ...]}
 
-Buffers of at least `PACK_BELOW` bytes get a frame of their own and travel zero-copy. Smaller ones are packed,
-16-byte aligned, into one shared frame: pyzmq copies frames under 64 KiB anyway (its copy_threshold), so packing
-costs nothing extra and saves ZeroMQ's per-frame work (benchmarks/bench_transport.py measures it).
+Buffers of at least `PACK_BELOW` (128 KiB) get a frame of their own and travel zero-copy. Smaller ones are copied,
+16-byte aligned, into one shared frame. Measured with benchmarks/bench_transport.py (two processes on loopback,
+Llama-7B r=16 q/v adapter): packing the 64 KiB int8 codes took an exchange from 13.9 to 10.6 ms (a zero-copy frame
+costs pyzmq and ZeroMQ more than copying 64 KiB; pyzmq copies frames under 64 KiB anyway), while also packing the
+256 KiB fp32 factors made it slower (26.5 -> 38.7 ms: one fresh 33 MB buffer to fill). Small factors (MiniLM-sized,
+12 KiB) gain too; the benchmark reports packed vs one frame per tensor.
 
 Everything a receiver gets is hostile until checked: `from_frames` validates every header field against `Limits`
 and (optionally) the receiver's `AdapterLayout`, checks every buffer's exact length against its codec, and decodes
@@ -37,7 +40,7 @@ from .codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
 from .factors import Adapter, LoraFactor
 
 PROTOCOL_VERSION = 1
-PACK_BELOW = 64 * 1024  # buffers under this share one frame (pyzmq would copy them anyway)
+PACK_BELOW = 128 * 1024  # buffers under this share one frame (measured: see the module docstring)
 PACK_ALIGN = 16  # offsets inside the packed frame, so numpy/torch views of it are aligned
 ROLES = ("A", "B", "dense")
 WIRE_DTYPE = "float32"  # every codec decodes to float32
@@ -132,7 +135,7 @@ class AdapterLayout:
             modules = {}
             for k, (i, o, lo, hi, alpha, rs) in body["modules"].items():
                 _need(all(_is_int(v) and v > 0 for v in (i, o, lo)) and (hi is None or _is_int(hi)), "layout",
-                      f"bad module layout for {k!r}")
+                      lambda: f"bad module layout for {k!r}")
                 modules[str(k)] = ModuleLayout(i, o, lo, hi, None if alpha is None else float(alpha),
                                                None if rs is None else bool(rs))
             dense = {str(k): tuple(int(d) for d in s) for k, s in body["dense"].items()}
@@ -301,13 +304,13 @@ def from_frames(frames: Sequence, *, layout: AdapterLayout | None = None, limits
     sizes = header["frames"]
     _need(isinstance(sizes, list) and all(_is_int(n) for n in sizes), "frames", "'frames' must be a list of ints")
     _need(len(sizes) == len(views) - 1, "frames",
-          f"header lists {len(sizes)} payload frames but {len(views) - 1} arrived")
+          lambda: f"header lists {len(sizes)} payload frames but {len(views) - 1} arrived")
     for i, (want, got) in enumerate(zip(sizes, views[1:]), start=1):
-        _need(want == got.nbytes, "frames", f"frame {i} has {got.nbytes} bytes, header says {want}")
+        _need(want == got.nbytes, "frames", lambda: f"frame {i} has {got.nbytes} bytes, header says {want}")
     entries = header["tensors"]
     _need(isinstance(entries, list), "bad_header", "'tensors' must be a list")
-    _need(len(entries) <= limits.max_tensors, "limits", f"{len(entries)} tensors, more than {limits.max_tensors}")
-    _need(kind in TENSOR_KINDS or not entries, "kind", f"{kind.value} messages carry no tensors, got {len(entries)}")
+    _need(len(entries) <= limits.max_tensors, "limits", lambda: f"{len(entries)} tensors, more than {limits.max_tensors}")
+    _need(kind in TENSOR_KINDS or not entries, "kind", lambda: f"{kind.value} messages carry no tensors, got {len(entries)}")
     tensors = [_parse_tensor(i, e, views, limits) for i, e in enumerate(entries)]
     specs = [_Spec(t.key, t.role, tuple(t.encoded.shape), t.r, t.alpha, t.rslora) for t in tensors]
     _check_structure(specs, kind)
@@ -364,13 +367,15 @@ def _decode(t: WireTensor) -> torch.Tensor:
         raise ProtocolError(reason, f"tensor {t.key!r} ({t.role}): {e}") from None
 
 
-def _need(ok: bool, reason: str, message: str) -> None:
+def _need(ok: bool, reason: str, message) -> None:
+    """Raise ProtocolError(reason, message) unless ok; `message` may be a callable, so that the happy path (every
+    field of every tensor of every message) does not pay for formatting an error that is not raised."""
     if not ok:
-        raise ProtocolError(reason, message)
+        raise ProtocolError(reason, message() if callable(message) else message)
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # msgpack booleans are ints to Python
+    return type(v) is int  # not isinstance: msgpack booleans are ints to Python (and int subclasses are not wire types)
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -384,7 +389,7 @@ def _frame_views(frames: Sequence, limits: Limits) -> list[memoryview]:
     except TypeError:
         raise ProtocolError("frames", "frames must be a sequence of bytes-like objects") from None
     _need(len(frames) >= 1, "frames", "empty multipart message")
-    _need(len(frames) <= 2 * limits.max_tensors + 2, "frames", f"{len(frames)} frames, more than the limit")
+    _need(len(frames) <= 2 * limits.max_tensors + 2, "frames", lambda: f"{len(frames)} frames, more than the limit")
     views = []
     for i, f in enumerate(frames):
         try:
@@ -393,9 +398,9 @@ def _frame_views(frames: Sequence, limits: Limits) -> list[memoryview]:
         except (TypeError, ValueError):
             raise ProtocolError("frames", f"frame {i} is not a contiguous bytes-like object") from None
     _need(views[0].nbytes <= limits.max_header_bytes, "oversize",
-          f"header of {views[0].nbytes} bytes, more than {limits.max_header_bytes}")
+          lambda: f"header of {views[0].nbytes} bytes, more than {limits.max_header_bytes}")
     total = sum(v.nbytes for v in views)
-    _need(total <= limits.max_message_bytes, "oversize", f"message of {total} bytes, more than {limits.max_message_bytes}")
+    _need(total <= limits.max_message_bytes, "oversize", lambda: f"message of {total} bytes, more than {limits.max_message_bytes}")
     return views
 
 
@@ -408,70 +413,70 @@ def _unpack_header(raw: memoryview, limits: Limits) -> dict:
         )
     except Exception as e:  # noqa: BLE001 - msgpack raises several types on garbage; all mean the same here
         raise ProtocolError("bad_header", f"header is not valid msgpack: {type(e).__name__}: {_short(str(e))}") from None
-    _need(isinstance(header, dict), "bad_header", f"header must be a map, got {type(header).__name__}")
+    _need(isinstance(header, dict), "bad_header", lambda: f"header must be a map, got {type(header).__name__}")
     keys = set(header)
     _need(keys == HEADER_KEYS, "bad_header",
-          f"header fields: missing {sorted(HEADER_KEYS - keys)}, unknown {sorted(map(str, keys - HEADER_KEYS))[:5]}")
+          lambda: f"header fields: missing {sorted(HEADER_KEYS - keys)}, unknown {sorted(map(str, keys - HEADER_KEYS))[:5]}")
     return header
 
 
 def _check_envelope(h: dict, expected_version: int, limits: Limits) -> tuple[int, Kind, int, int]:
     v = h["v"]
-    _need(_is_int(v), "version", f"version must be an int, got {_short(v)}")
-    _need(v == expected_version, "version", f"protocol version {v}, expected {expected_version}")
+    _need(_is_int(v), "version", lambda: f"version must be an int, got {_short(v)}")
+    _need(v == expected_version, "version", lambda: f"protocol version {v}, expected {expected_version}")
     kind = _KIND_BY_VALUE.get(h["kind"]) if isinstance(h["kind"], str) else None
-    _need(kind is not None, "kind", f"unknown message kind {_short(h['kind'])}")
+    _need(kind is not None, "kind", lambda: f"unknown message kind {_short(h['kind'])}")
     s = h["sender"]
-    _need(_is_int(s) and 0 <= s <= limits.max_peer_id, "sender", f"bad sender id {_short(s)}")
+    _need(_is_int(s) and 0 <= s <= limits.max_peer_id, "sender", lambda: f"bad sender id {_short(s)}")
     r = h["round"]
-    _need(_is_int(r) and 0 <= r <= limits.max_round, "round", f"bad round {_short(r)}")
+    _need(_is_int(r) and 0 <= r <= limits.max_round, "round", lambda: f"bad round {_short(r)}")
     return v, kind, s, r
 
 
 def _parse_tensor(i: int, e: Any, views: list[memoryview], limits: Limits) -> WireTensor:
     _need(isinstance(e, dict) and set(e) == TENSOR_KEYS, "bad_header",
-          f"tensor {i}: fields must be exactly {sorted(TENSOR_KEYS)}")
+          lambda: f"tensor {i}: fields must be exactly {sorted(TENSOR_KEYS)}")
     key, role, codec = e["key"], e["role"], e["codec"]
-    _need(isinstance(key, str) and 0 < len(key) <= limits.max_key_len, "key", f"tensor {i}: bad key {_short(key)}")
+    _need(isinstance(key, str) and 0 < len(key) <= limits.max_key_len, "key", lambda: f"tensor {i}: bad key {_short(key)}")
     where = f"tensor {i} ({_short(key, 80)})"
-    _need(role in ROLES, "role", f"{where}: role must be A, B or dense, got {_short(role)}")
-    _need(codec in CODEC_NAMES, "codec", f"{where}: unknown codec {_short(codec)}")
-    _need(e["dtype"] == WIRE_DTYPE, "dtype", f"{where}: dtype must be {WIRE_DTYPE}, got {_short(e['dtype'])}")
+    _need(role in ROLES, "role", lambda: f"{where}: role must be A, B or dense, got {_short(role)}")
+    _need(codec in CODEC_NAMES, "codec", lambda: f"{where}: unknown codec {_short(codec)}")
+    _need(e["dtype"] == WIRE_DTYPE, "dtype", lambda: f"{where}: dtype must be {WIRE_DTYPE}, got {_short(e['dtype'])}")
     shape = e["shape"]
     _need(isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape) and len(shape) <= 8, "shape",
-          f"{where}: bad shape {_short(shape)}")
+          lambda: f"{where}: bad shape {_short(shape)}")
     shape = tuple(shape)
     r, alpha, rslora = e["r"], e["alpha"], e["rslora"]
-    _need(isinstance(rslora, bool), "bad_header", f"{where}: rslora must be a bool")
+    _need(isinstance(rslora, bool), "bad_header", lambda: f"{where}: rslora must be a bool")
     _need(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha), "alpha",
-          f"{where}: alpha must be a finite number, got {_short(alpha)}")
-    _need(_is_int(r), "rank", f"{where}: r must be an int, got {_short(r)}")
+          lambda: f"{where}: alpha must be a finite number, got {_short(alpha)}")
+    _need(_is_int(r), "rank", lambda: f"{where}: r must be an int, got {_short(r)}")
     if role == "dense":
-        _need(r == 0, "rank", f"{where}: a dense tensor has r 0, got {r}")
+        _need(r == 0, "rank", lambda: f"{where}: a dense tensor has r 0, got {r}")
     else:
-        _need(len(shape) == 2, "shape", f"{where}: a LoRA factor is 2-D, got shape {list(shape)}")
-        _need(1 <= r <= limits.max_rank, "rank", f"{where}: rank {r} outside [1, {limits.max_rank}]")
+        _need(len(shape) == 2, "shape", lambda: f"{where}: a LoRA factor is 2-D, got shape {list(shape)}")
+        _need(1 <= r <= limits.max_rank, "rank", lambda: f"{where}: rank {r} outside [1, {limits.max_rank}]")
         rank_dim = shape[0] if role == "A" else shape[1]
-        _need(rank_dim == r, "shape", f"{where}: shape {list(shape)} does not have rank {r} for role {role}")
-        _need(alpha > 0, "alpha", f"{where}: alpha must be positive, got {alpha}")
+        _need(rank_dim == r, "shape", lambda: f"{where}: shape {list(shape)} does not have rank {r} for role {role}")
+        _need(alpha > 0, "alpha", lambda: f"{where}: alpha must be positive, got {alpha}")
     meta = e["meta"]
-    _need(isinstance(meta, dict) and all(isinstance(k, str) for k in meta), "bad_header", f"{where}: meta must be a map")
+    _need(isinstance(meta, dict) and all(isinstance(k, str) for k in meta), "bad_header", lambda: f"{where}: meta must be a map")
     try:
         expected = _decoder(codec).buffer_nbytes(shape, meta)
     except Exception as err:  # noqa: BLE001 - the codec's own check of a hostile shape/meta
         raise ProtocolError("payload", f"{where}: {err}") from None
     bufs = e["bufs"]
     _need(isinstance(bufs, list) and len(bufs) == len(expected), "payload",
-          f"{where}: {codec} needs {len(expected)} buffers, header lists {_short(bufs)}")
+          lambda: f"{where}: {codec} needs {len(expected)} buffers, header lists {_short(bufs)}")
     buffers = []
     for j, (ref, want) in enumerate(zip(bufs, expected)):
         _need(isinstance(ref, list) and len(ref) == 3 and all(_is_int(x) for x in ref), "bad_header",
-              f"{where}: buffer ref {j} must be [frame, offset, length]")
+              lambda: f"{where}: buffer ref {j} must be [frame, offset, length]")
         fi, off, n = ref
-        _need(1 <= fi < len(views), "frames", f"{where}: buffer {j} names frame {fi}, have 1..{len(views) - 1}")
+        _need(1 <= fi < len(views), "frames", lambda: f"{where}: buffer {j} names frame {fi}, have 1..{len(views) - 1}")
         _need(0 <= off and 0 <= n and off + n <= views[fi].nbytes, "frames",
-              f"{where}: buffer {j} [{off}, {off + n}) runs past frame {fi} of {views[fi].nbytes} bytes")
-        _need(n == want, "payload", f"{where}: buffer {j} has {n} bytes, {codec} needs {want} for shape {list(shape)}")
+              lambda: f"{where}: buffer {j} [{off}, {off + n}) runs past frame {fi} of {views[fi].nbytes} bytes")
+        _need(n == want, "payload", lambda: f"{where}: buffer {j} has {n} bytes, {codec} needs {want} for shape {list(shape)}")
         buffers.append(views[fi][off: off + n])
     enc = Encoded(codec, shape, meta, tuple(buffers))
     return WireTensor(key, role, enc, r, float(alpha) if role != "dense" else 0.0, rslora)
@@ -481,15 +486,15 @@ def _check_structure(specs: list[_Spec], kind: Kind) -> None:
     """Each module has exactly one A and one B of the same rank, alpha and rslora; keys are unique per role."""
     seen: dict[tuple[str, str], _Spec] = {}
     for s in specs:
-        _need((s.key, s.role) not in seen, "duplicate", f"tensor {s.key!r} role {s.role} appears twice")
+        _need((s.key, s.role) not in seen, "duplicate", lambda: f"tensor {s.key!r} role {s.role} appears twice")
         seen[(s.key, s.role)] = s
     for (key, role), s in seen.items():
         if role == "dense":
             continue
         other = seen.get((key, "B" if role == "A" else "A"))
-        _need(other is not None, "layout", f"module {key!r} has {role} but no {'B' if role == 'A' else 'A'}")
+        _need(other is not None, "layout", lambda: f"module {key!r} has {role} but no {'B' if role == 'A' else 'A'}")
         _need((other.r, other.alpha, other.rslora) == (s.r, s.alpha, s.rslora), "rank",
-              f"module {key!r}: A and B disagree on r/alpha/rslora")
+              lambda: f"module {key!r}: A and B disagree on r/alpha/rslora")
 
 
 def _check_against_layout(specs: list[_Spec], layout: AdapterLayout) -> None:
@@ -498,16 +503,16 @@ def _check_against_layout(specs: list[_Spec], layout: AdapterLayout) -> None:
     for what, got, want in (("module", got_modules, set(layout.modules)), ("dense tensor", got_dense, set(layout.dense))):
         missing, unknown = sorted(want - got), sorted(got - want)
         _need(not missing and not unknown, "layout",
-              f"{what}s do not match the layout: missing {_short(missing[:3])}, unknown {_short(unknown[:3])}")
+              lambda: f"{what}s do not match the layout: missing {_short(missing[:3])}, unknown {_short(unknown[:3])}")
     for s in specs:
         if s.role == "dense":
             want = layout.dense[s.key]
-            _need(s.shape == want, "shape", f"dense {s.key!r}: shape {list(s.shape)}, expected {list(want)}")
+            _need(s.shape == want, "shape", lambda: f"dense {s.key!r}: shape {list(s.shape)}, expected {list(want)}")
             continue
         m = layout.modules[s.key]
         want = (s.r, m.in_features) if s.role == "A" else (m.out_features, s.r)
-        _need(s.shape == want, "shape", f"{s.key!r} {s.role}: shape {list(s.shape)}, expected {list(want)}")
+        _need(s.shape == want, "shape", lambda: f"{s.key!r} {s.role}: shape {list(s.shape)}, expected {list(want)}")
         hi = m.max_rank if m.max_rank is not None else s.r
-        _need(m.min_rank <= s.r <= hi, "rank", f"{s.key!r}: rank {s.r} outside [{m.min_rank}, {hi}]")
-        _need(m.alpha is None or s.alpha == m.alpha, "alpha", f"{s.key!r}: alpha {s.alpha}, expected {m.alpha}")
-        _need(m.rslora is None or s.rslora == m.rslora, "alpha", f"{s.key!r}: rslora {s.rslora}, expected {m.rslora}")
+        _need(m.min_rank <= s.r <= hi, "rank", lambda: f"{s.key!r}: rank {s.r} outside [{m.min_rank}, {hi}]")
+        _need(m.alpha is None or s.alpha == m.alpha, "alpha", lambda: f"{s.key!r}: alpha {s.alpha}, expected {m.alpha}")
+        _need(m.rslora is None or s.rslora == m.rslora, "alpha", lambda: f"{s.key!r}: rslora {s.rslora}, expected {m.rslora}")

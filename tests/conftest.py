@@ -7,6 +7,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # One thread per test process: on a small shared machine, torch's thread pool stalls for milliseconds per op
+    # when another process holds the cores, and the tests' tensors are tiny anyway.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
