@@ -23,7 +23,8 @@ def run_centralized(cfg: RunConfig, threads: int = 1) -> None:
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)
-    model, trainer, eval_set, task = build_local_learner(cfg, 0, cfg.rank_list()[0], n_shards=cfg.peers, union=True)
+    model, _, trainer, eval_set, task = build_local_learner(cfg, 0, cfg.rank_list()[0], n_shards=cfg.peers,
+                                                            union=True)
     metrics = MetricsWriter(run_dir / "metrics" / "peer-0.jsonl", truncate_after_round=-1)
     started = time.time()
     steps = cfg.local_steps * cfg.peers

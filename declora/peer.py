@@ -28,7 +28,7 @@ log = logging.getLogger("declora.peer")
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
 def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int | None = None) -> None:
-    from .adapter import read_adapter, save_adapter
+    from .adapter import read_adapter
     from .wire import AdapterSender
 
     torch.set_num_threads(max(1, threads))
@@ -36,7 +36,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
     links = Links.for_peer(cfg, peer_id)
     rank = cfg.rank_list()[peer_id]
 
-    model, trainer, eval_set, task = build_local_learner(cfg, peer_id, rank, n_shards=cfg.peers)
+    model, tokenizer, trainer, eval_set, task = build_local_learner(cfg, peer_id, rank, n_shards=cfg.peers)
     layout = links.inbound_layout(read_adapter(model))
     sender = AdapterSender(cfg, seed=cfg.seed * 1000 + peer_id)
     merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far
@@ -71,8 +71,19 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
                      len(links.neighbours), _eval_text(record))
 
         if cfg.save_adapters:
-            save_adapter(model, run_dir / "adapters" / f"peer-{peer_id}")
+            save_result(model, tokenizer, run_dir / "adapters" / f"peer-{peer_id}", base_changed=bool(merged))
     metrics.close()
+
+
+def save_result(model, tokenizer, out_dir: Path, base_changed: bool) -> None:
+    """The adapter (loadable with PeftModel.from_pretrained on the original base) or, once rounds have merged deltas
+    into the base (stack, flora), the whole merged model: the adapter alone would no longer match any base on disk."""
+    from .adapter import save_adapter, save_merged_model
+
+    if base_changed:
+        save_merged_model(model, tokenizer, out_dir)
+    else:
+        save_adapter(model, out_dir)
 
 
 @dataclass
@@ -228,8 +239,9 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
     model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
     work = load_workload(cfg, tokenizer, peer_id, n_shards, union=union)
     log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)
-    trainer = LocalTrainer(model, work.train, train_config(cfg), seed=cfg.seed * 1000 + peer_id)
-    return model, trainer, work.eval, work.task
+    steps_per_round = cfg.local_steps * n_shards if union else cfg.local_steps  # centralized: the same compute
+    trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=cfg.seed * 1000 + peer_id)
+    return model, tokenizer, trainer, work.eval, work.task
 
 
 def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], book: dict[int, str], layout):

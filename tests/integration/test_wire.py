@@ -1,6 +1,6 @@
 """Real peer processes on loopback: an 8-peer ring gossiping for 20 rounds ends exactly where a one-process
 computation of the same mixing ends (fp32 in plain text, int8 over CurveZMQ), and a ring survives a late joiner,
-a SIGKILLed peer and its restart, with every single mix checked against what arrived."""
+a SIGKILLed peer and its restart (a ring of 6), with every single mix checked against what arrived."""
 import signal
 import time
 
@@ -64,7 +64,7 @@ def check_every_mix(traces: dict, rows: dict, codec: str, atol: float) -> int:
     for i, records in traces.items():
         for rec, nxt in zip(records, records[1:]):
             t = rec["round"]
-            if nxt["round"] != t + 1:  # a restart: the new process starts from a fresh adapter
+            if nxt["round"] != t + 1 or rec["heard"] is None:  # a restart (fresh adapter) or killed mid-round
                 continue
             weights = renormalize_row(rows[i], i, heard=set(rec["heard"]))
             assert weights == {int(k): v for k, v in rec["weights"].items()}
@@ -112,77 +112,81 @@ def test_ring_of_8_processes_matches_one_process_mixing(tmp_path, codec, curve):
     assert check_every_mix(traces, rows, codec, atol=1e-5) == N * (ROUNDS - 1)
 
 
+F, LATE, KILLED = 6, 5, 2  # the fault test: a ring of 6, peer 5 joins late, peer 2 is killed and restarted
+
+
 def test_late_join_kill_and_restart(tmp_path):
-    """Peers 0..6 start; 7 joins late; 3 is SIGKILLed, marked down within the liveness bound, and restarts."""
-    cluster = Cluster(tmp_path, N)
+    """Peers 0..4 start; 5 joins late; 2 is SIGKILLed, marked down within the liveness bound, and restarts."""
+    topo = load_topology(f"ring:{F}")
+    late_nbrs, killed_nbrs = topo.neighbors(LATE), topo.neighbors(KILLED)
+    cluster = Cluster(tmp_path, F)
     stop = tmp_path / "stop"
-    common = ["--topology", f"ring:{N}", "--rounds", "400", "--round-sleep", "0.05", "--deadline", "3",
+    common = ["--topology", f"ring:{F}", "--rounds", "400", "--round-sleep", "0.05", "--deadline", "3",
               "--heartbeat", str(HEARTBEAT), "--missed", str(MISSED), "--until-file", str(stop)]
     down_after = HEARTBEAT * MISSED
+    first = [i for i in range(F) if i != LATE]
+    a, b = (f"peer-{j}" for j in killed_nbrs)
     try:
-        for i in range(N - 1):
-            wait = [j for j in load_topology(f"ring:{N}").neighbors(i) if j != 7]
-            cluster.start(i, *common, "--wait-for", ",".join(map(str, wait)))
-        cluster.wait_until(lambda: min(cluster.progress(f"peer-{i}") for i in range(N - 1)) >= 3, 120, "round 3")
-        cluster.start(7, *common, "--join")
-        cluster.wait_until(lambda: cluster.progress("peer-7") >= 0, 60, "peer 7 to join")
-        joined_at = cluster.progress("peer-7")
-        cluster.wait_until(lambda: cluster.progress("peer-7") >= joined_at + 3, 60, "peer 7 to run 3 rounds")
-        cluster.procs["peer-3"].send_signal(signal.SIGKILL)
+        for i in first:
+            cluster.start(i, *common, "--wait-for", ",".join(str(j) for j in topo.neighbors(i) if j != LATE))
+        cluster.wait_until(lambda: min(cluster.progress(f"peer-{i}") for i in first) >= 3, 120, "round 3")
+        cluster.start(LATE, *common, "--join")
+        cluster.wait_until(lambda: cluster.progress(f"peer-{LATE}") >= 0, 60, "the late peer to join")
+        joined_at = cluster.progress(f"peer-{LATE}")
+        cluster.wait_until(lambda: cluster.progress(f"peer-{LATE}") >= joined_at + 3, 60, "the late peer to run")
+        cluster.procs[f"peer-{KILLED}"].send_signal(signal.SIGKILL)
         killed_at = time.time()
-        cluster.procs["peer-3"].wait()
-        r2 = cluster.progress("peer-2")
-        cluster.wait_until(lambda: cluster.progress("peer-2") >= r2 + 4 and cluster.progress("peer-4") >= r2 + 4,
-                           60, "the others to go on without peer 3")
-        cluster.start(3, *common, "--join", "--seed", "103", tag="-b")
-        cluster.wait_until(lambda: cluster.progress("peer-3-b") >= 0, 60, "peer 3 to come back")
-        back_at = cluster.progress("peer-3-b")
-        cluster.wait_until(lambda: min(cluster.progress(f"peer-{i}") for i in (2, 4)) >= back_at + 4
-                           and cluster.progress("peer-3-b") >= back_at + 3, 60, "peer 3 to be used again")
+        cluster.procs[f"peer-{KILLED}"].wait()
+        r = cluster.progress(a)
+        cluster.wait_until(lambda: min(cluster.progress(a), cluster.progress(b)) >= r + 4, 60,
+                           "the others to go on without the killed peer")
+        cluster.start(KILLED, *common, "--join", "--seed", "100", tag="-b")
+        cluster.wait_until(lambda: cluster.progress(f"peer-{KILLED}-b") >= 0, 60, "the killed peer to come back")
+        back_at = cluster.progress(f"peer-{KILLED}-b")
+        cluster.wait_until(lambda: min(cluster.progress(a), cluster.progress(b)) >= back_at + 4
+                           and cluster.progress(f"peer-{KILLED}-b") >= back_at + 3, 60, "it to be used again")
         stop.write_text("stop")
         codes = cluster.finish(timeout=60)
     finally:
         cluster.kill_all()
-    assert codes["peer-3"] == -signal.SIGKILL
-    assert {n: c for n, c in codes.items() if n != "peer-3"} == {n: 0 for n in codes if n != "peer-3"}, cluster.logs()
+    assert codes.pop(f"peer-{KILLED}") == -signal.SIGKILL
+    assert codes == {n: 0 for n in codes}, cluster.logs()
 
-    topo = load_topology(f"ring:{N}")
-    rows = {i: mixing_row(mixing_matrix(topo.graph, "metropolis"), i) for i in range(N)}
-    results = {name: cluster.result(name) for name in codes if name != "peer-3"}
-    traces = {i: results[f"peer-{i}"][0]["trace"] for i in range(N) if i != 3}
-    # Peer 3's two lives: the rounds the killed process saved, then the restarted one's.
-    first_life = torch.load(tmp_path / "trace-peer-3.pt", weights_only=True)
-    assert first_life and first_life[-1]["round"] < results["peer-3-b"][0]["start"]
-    traces[3] = first_life + results["peer-3-b"][0]["trace"]
+    rows = {i: mixing_row(mixing_matrix(topo.graph, "metropolis"), i) for i in range(F)}
+    results = {name: cluster.result(name) for name in codes}
+    traces = {i: results[f"peer-{i}"][0]["trace"] for i in range(F) if i != KILLED}
+    second_life = results[f"peer-{KILLED}-b"][0]
+    # The killed peer's two lives: what the killed process saved (up to the round it died in), then the restart's.
+    first_life = torch.load(tmp_path / f"trace-peer-{KILLED}.pt", weights_only=True)
+    assert first_life and first_life[-1]["round"] < second_life["start"]
+    traces[KILLED] = first_life + second_life["trace"]
 
-    # The late joiner started at its neighbours' round + 1 and was heard by them from then on.
-    start7 = results["peer-7"][0]["start"]
-    assert start7 > 3
-    for j in (0, 6):
-        heard7 = [r["round"] for r in traces[j] if 7 in r["heard"]]
-        assert heard7 and min(heard7) >= start7 and len(heard7) >= 3
-    # The joiner mostly hears both neighbours (a round can be lost while the ring re-synchronizes around it).
-    assert sum(set(r["heard"]) == {0, 6} for r in traces[7]) >= len(traces[7]) // 2 >= 2
+    # The late joiner started past its neighbours' round and was heard by them from then on.
+    start_late = results[f"peer-{LATE}"][0]["start"]
+    assert start_late > 3
+    for j in late_nbrs:
+        heard = [r["round"] for r in traces[j] if LATE in r["heard"]]
+        assert heard and min(heard) >= start_late and len(heard) >= 3
+    # It mostly hears both neighbours (a round can be lost while the ring re-synchronizes around it).
+    assert sum(r["heard"] == late_nbrs for r in traces[LATE]) >= len(traces[LATE]) // 2 >= 2
 
-    # Peer 3 was marked down by both neighbours within the liveness bound (plus scheduling slack on 2 busy cores).
-    for j in (2, 4):
+    # The killed peer was marked down by both neighbours within the liveness bound (plus scheduling slack: 2 busy
+    # cores), they went on without it with its weight moved onto themselves, and used it again after the restart.
+    for j in killed_nbrs:
         events = results[f"peer-{j}"][1]["events"]
-        down = [e["t"] for e in events if e["peer"] == 3 and e["state"] == "down" and e["t"] >= killed_at]
-        assert down, f"peer {j} never marked 3 down: {events}"
+        down = [e["t"] for e in events if e["peer"] == KILLED and e["state"] == "down" and e["t"] >= killed_at]
+        assert down, f"peer {j} never marked {KILLED} down: {events}"
         assert down[0] - killed_at <= down_after + 1.0, f"peer {j} took {down[0] - killed_at:.2f} s"
-        assert results[f"peer-{j}"][1]["counters"]["went_down"]["3"] >= 1
-        # ...went on without it, with 3's weight moved onto itself...
-        gap = [r for r in traces[j] if r["time"] > down[0] + 0.05 and r["round"] < results["peer-3-b"][0]["start"]]
-        assert len(gap) >= 3 and all(3 not in r["heard"] for r in gap)
+        assert results[f"peer-{j}"][1]["counters"]["went_down"][str(KILLED)] >= 1
+        gap = [r for r in traces[j] if r["time"] > down[0] + 0.05 and r["round"] < second_life["start"]]
+        assert len(gap) >= 3 and all(KILLED not in r["heard"] for r in gap)
         w = {int(k): v for k, v in gap[0]["weights"].items()}
-        assert w[j] == pytest.approx(rows[j][j] + rows[j][3]) and 3 not in w
-        # ...and used it again after the restart.
-        start3 = results["peer-3-b"][0]["start"]
-        assert sum(3 in r["heard"] for r in traces[j] if r["round"] >= start3) >= 3
-    assert sum(set(r["heard"]) == {2, 4} for r in traces[3]) >= 3
+        assert w[j] == pytest.approx(rows[j][j] + rows[j][KILLED]) and KILLED not in w
+        assert sum(KILLED in r["heard"] for r in traces[j] if r["round"] >= second_life["start"]) >= 3
+    assert sum(r["heard"] == killed_nbrs for r in second_life["trace"]) >= 3
 
-    for i in set(range(N)) - {3}:  # nobody skipped a round
+    for i in set(range(F)) - {KILLED}:  # nobody skipped a round
         rounds = [r["round"] for r in traces[i]]
         assert rounds == list(range(rounds[0], rounds[-1] + 1))
     # Every mix of every peer, faults included, is exactly the renormalized gossip of what arrived.
-    assert check_every_mix(traces, rows, "fp32", atol=1e-5) > 60
+    assert check_every_mix(traces, rows, "fp32", atol=1e-5) > 50

@@ -46,6 +46,11 @@ def adapter_state(a: Adapter) -> dict:
     return state
 
 
+def save_trace(trace: list, out: Path, name: str) -> None:
+    torch.save(trace, out / f"trace-{name}.tmp")
+    os.replace(out / f"trace-{name}.tmp", out / f"trace-{name}.pt")
+
+
 def watch_liveness(transport: ZmqTransport, events: list, stop: threading.Event) -> None:
     """Record every up/down transition of the neighbours with the wall-clock time, every 20 ms."""
     live: set[int] = set()
@@ -123,17 +128,18 @@ def main() -> int:
         while t < args.rounds:
             if args.round_sleep:
                 time.sleep(args.round_sleep)
+            # Saved before sending and after mixing (atomically), so that what a SIGKILLed peer sent can be checked.
+            record = {"round": t, "sent": adapter_state(mine), "heard": None}
+            trace.append(record)
+            save_trace(trace, out, name)
             tensors, _ = encode_adapter(mine, args.codec, return_decoded=False)
             result = transport.exchange(t, make_message(Kind.FACTORS, args.id, t, tensors), args.deadline)
             theirs = {j: message_to_adapter(m, layout) for j, m in result.received.items()}
             weights = renormalize_row(row, args.id, heard=set(theirs))
-            trace.append({"round": t, "sent": adapter_state(mine), "heard": sorted(theirs), "weights": weights,
-                          "time": time.time(), "waited": result.waited_s})
+            record.update(heard=sorted(theirs), weights=weights, time=time.time(), waited=result.waited_s)
             ids = [args.id, *sorted(theirs)]
             mine = aggregate.gossip([mine, *(theirs[j] for j in ids[1:])], [weights[i] for i in ids])
-            # Saved every round (atomically) so the rounds of a peer that gets SIGKILLed can still be checked.
-            torch.save(trace, out / f"trace-{name}.tmp")
-            os.replace(out / f"trace-{name}.tmp", out / f"trace-{name}.pt")
+            save_trace(trace, out, name)
             (out / f"progress-{name}").write_text(str(t))
             t += 1
             if args.until_file and os.path.exists(args.until_file):

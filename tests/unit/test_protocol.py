@@ -106,16 +106,18 @@ def test_control_kinds_refuse_tensors():
 
 def test_small_buffers_are_packed_into_one_frame_and_big_ones_travel_alone():
     big = Adapter({"m": LoraFactor(torch.randn(16, 4096), torch.randn(4096, 16), 32.0)}, {"b": torch.randn(3)})
-    tensors, _ = encode_adapter(big, "int8")  # codes 64 KiB each (own frames), scales 4 KiB each (packed)
+    tensors, _ = encode_adapter(big, "fp32")  # factors 256 KiB each: own frames; the dense bias: packed
     frames = to_frames(make_message(Kind.FACTORS, 0, 0, tensors))
     assert len(frames) == 1 + 1 + 2
-    assert [memoryview(f).nbytes for f in frames[2:]] == [65536, 65536]
+    assert [memoryview(f).nbytes for f in frames[2:]] == [262144, 262144]
     # Zero copy: the big frames are the codec's own buffers, not copies.
     assert frames[2] is tensors[0].encoded.buffers[0]
     unpacked = to_frames(make_message(Kind.FACTORS, 0, 0, tensors, pack_below=0))
-    assert len(unpacked) == 1 + 5
+    assert len(unpacked) == 1 + 3
+    int8 = to_frames(make_message(Kind.FACTORS, 0, 0, encode_adapter(big, "int8")[0]))
+    assert len(int8) == 2  # 64 KiB codes and 4 KiB scales all share one frame (measured to pay)
     for fr in (frames, unpacked):
-        assert_same_adapter(message_to_adapter(from_frames(fr)), message_to_adapter(from_frames(frames)))
+        assert_same_adapter(message_to_adapter(from_frames(fr)), big)
 
 
 def test_packed_buffers_are_aligned():
