@@ -111,23 +111,27 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
     endpoint = router.last_endpoint.decode()
     confs = build_configs(n, args.seed, configs)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           # fewer malloc arenas (the zmq and I/O threads would each get one) and big frees go back to the OS:
-           # keeps 64 processes' resident memory down without changing what is computed
-           "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    procs = []
+           # Fewer malloc arenas (the zmq and I/O threads would each get one), and blocks of 1 MiB or more (the
+           # 8.9 MB message frames) always mmapped, so that they go back to the OS when freed: glibc's dynamic
+           # threshold would otherwise rise to 8.9 MB after the first free and keep old frames in the heap
+           # (measured: 132 -> see bench_scale.json private_mb). The 256 KiB factors stay on the heap.
+           "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    zygote = None
     mem_before = mem_available_gib()
     mem_min = mem_before
     t_start = time.monotonic()
     try:
+        paths = []
         for i in range(n + 1):
             cfg = {"id": i, "n": n, "seed": args.seed, "barrier": endpoint, "configs": confs, "warmup": args.warmup,
                    "rounds": args.rounds, "deadline_s": args.deadline, "start_timeout_s": args.start_timeout,
                    "missed_heartbeats": args.missed_heartbeats, "out": str(tmp / f"worker{i}.json")}
             path = tmp / f"config{i}.json"
             path.write_text(json.dumps(cfg))
-            log = open(tmp / f"worker{i}.log", "w")
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(path)], env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=ROOT))
+            paths.append(str(path))
+        # One zygote imports torch once and forks the n+1 workers (shared pages; see scale_worker.zygote).
+        zygote = subprocess.Popen([sys.executable, str(WORKER), "--zygote", *paths], env=env, cwd=ROOT,
+                                  stdout=open(tmp / "zygote.log", "w"), stderr=subprocess.STDOUT)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         barriers = 0
@@ -150,24 +154,28 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                 ident, tag = router.recv_multipart()
                 waiting[ident] = tag.decode()
             mem_min = min(mem_min, mem_available_gib())
-            dead = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
-            if dead:
-                tail = (tmp / f"worker{dead[0]}.log").read_text()[-3000:]
-                raise RuntimeError(f"N={n}: worker(s) {dead} died; worker {dead[0]} said:\n{tail}")
+            if zygote.poll() is not None:
+                said = (tmp / "zygote.log").read_text()[-2000:]
+                logs = sorted(tmp.glob("config*.log"), key=lambda p: -p.stat().st_size)
+                tail = logs[0].read_text()[-3000:] if logs else ""
+                raise RuntimeError(f"N={n}: workers stopped early (zygote status {zygote.returncode}):\n{said}\n{tail}")
             if time.monotonic() - phase_started > args.phase_timeout:
                 raise RuntimeError(f"N={n}: no progress for {args.phase_timeout} s (waiting on "
                                    f"{n + 1 - len(waiting)} of {n + 1} workers)")
             if mem_available_gib() < args.min_free_gib:
                 raise RuntimeError(f"N={n}: MemAvailable fell under {args.min_free_gib} GiB; stopped to protect the "
                                    f"machine")
-        for p in procs:
-            p.wait(timeout=60)
+        if zygote.wait(timeout=120) != 0:
+            raise RuntimeError(f"N={n}: a worker failed at exit:\n{(tmp / 'zygote.log').read_text()[-2000:]}")
         workers = [json.loads((tmp / f"worker{i}.json").read_text()) for i in range(n + 1)]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if zygote is not None and zygote.poll() is None:
+            zygote.terminate()  # its SIGTERM handler kills the workers it forked, by their pids
+            try:
+                zygote.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                zygote.kill()
+                zygote.wait()
         router.close()
         ctx.term()
     wall = time.monotonic() - t_start
