@@ -113,8 +113,8 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            # Fewer malloc arenas (the zmq and I/O threads would each get one), and blocks of 1 MiB or more (the
            # 8.9 MB message frames) always mmapped, so that they go back to the OS when freed: glibc's dynamic
-           # threshold would otherwise rise to 8.9 MB after the first free and keep old frames in the heap
-           # (measured: 132 -> see bench_scale.json private_mb). The 256 KiB factors stay on the heap.
+           # threshold would otherwise rise to 8.9 MB after the first free and keep old frames in the heap.
+           # The 256 KiB factors stay on the heap (no page faults per round); the worker trims it between rounds.
            "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     zygote = None
     mem_before = mem_available_gib()
@@ -182,9 +182,22 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
     per_conf = {c["name"]: summarize(c, n, workers, args) for c in confs}
     return {"n": n, "processes": n + 1, "wall_s": wall, "mem_available_before_gib": mem_before,
             "mem_available_min_gib": mem_min, "memory_used_gib": mem_before - mem_min,
-            "worker_maxrss_mb_max": max(w["maxrss_mb"] for w in workers),
+            "worker_private_mb_max": max(r["private_mb"] for w in workers if w["id"] != n
+                                         for c in w["configs"].values() for r in c["rounds"]),
+            "server_private_mb_max": max((r["private_mb"] for r in workers[n]["configs"].get("server", {})
+                                          .get("rounds", [])), default=None),
+            "message_bytes": max(r.get("message_bytes", 0) for w in workers for c in w["configs"].values()
+                                 for r in c["rounds"]),
             "encode_cpu_s_median": statistics.median(w["encode_cpu_s"] for w in workers),
             "configs": per_conf, "tmp": str(tmp)}
+
+
+def memory_estimate_gib(prev: dict, n: int) -> float:
+    """Memory that N=n would need, from the private memory the workers had at the previous N: every process as
+    much as the largest non-server one, plus the server's received updates (one message per client)."""
+    per_proc_mb = prev["worker_private_mb_max"]
+    server_mb = n * prev["message_bytes"] * 1.5 / 2**20
+    return (1.2 * (n + 1) * per_proc_mb + server_mb + 300) / 1024  # + the zygote, socket buffers
 
 
 def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
@@ -214,6 +227,11 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
             "span_s": max(r["done"] for r in recs.values()) - min(r["go"] for r in recs.values()),
             "start_skew_s": max(r["go"] for r in recs.values()) - min(r["go"] for r in recs.values()),
             "wait_s_max": max(r["received_at"] - r["go"] for r in recs.values()),
+            # CPU seconds all this configuration's processes used in the round / the round's span: how many of the
+            # machine's cores this benchmark actually got (the rest went to other work on the machine)
+            "cores_used": sum(r["process_cpu_s"] for r in recs.values())
+                          / max(1e-9, max(r["done"] for r in recs.values()) - min(r["go"] for r in recs.values())),
+            "process_cpu_s_total": sum(r["process_cpu_s"] for r in recs.values()),
             "compute_cpu_s": compute,
             "busiest_process": busiest,
             "busiest_bytes": through_hot,
@@ -236,6 +254,7 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         "round_s_median": med("round_s"), "round_s_min": min(r["round_s"] for r in rounds),
         "span_s_median": med("span_s"), "start_skew_s_median": med("start_skew_s"),
         "compute_cpu_s_median": med("compute_cpu_s"), "busiest_bytes_median": med("busiest_bytes"),
+        "cores_used_median": med("cores_used"), "process_cpu_s_total_median": med("process_cpu_s_total"),
         "modelled_s_median": {bw: statistics.median(r["modelled_s"][bw] for r in rounds) for bw in BANDWIDTHS},
         "modelled_full_duplex_s_median": {bw: statistics.median(r["modelled_full_duplex_s"][bw] for r in rounds)
                                           for bw in BANDWIDTHS},
@@ -292,6 +311,26 @@ def scaling_checks(results: dict[int, dict], message_bytes: int) -> dict:
     return checks
 
 
+def extrapolate(results: dict[int, dict], skipped: list[int], configs, message_bytes: int) -> dict:
+    """For N not measured: busiest bytes from the bytes model, compute from the measured N (gossip: the largest N's,
+    as a peer's work does not depend on N; server: a least-squares line in N), and the modelled times from both.
+    EXTRAPOLATED, not measured; no measured round time."""
+    out: dict = {}
+    ns = sorted(results)
+    for name in configs:
+        for n in skipped:
+            b = bytes_model(name, n, message_bytes)
+            if name == "server" and len(ns) >= 2:
+                slope, icpt = np.polyfit(ns, [results[m]["configs"][name]["compute_cpu_s_median"] for m in ns], 1)
+                compute = float(slope * n + icpt)
+            else:
+                compute = results[ns[-1]]["configs"][name]["compute_cpu_s_median"]
+            out.setdefault(name, {})[str(n)] = {
+                "extrapolated": True, "busiest_bytes": b, "compute_cpu_s": compute,
+                "modelled_s": {bw: b * 8 / rate + compute for bw, rate in BANDWIDTHS.items()}}
+    return out
+
+
 def bytes_model(name: str, n: int, message_bytes: int) -> int:
     """Bytes through the busiest process per round, payload only: what the counters show up to pings."""
     degree = {"ring": 2, "regular4": 4 if n > 4 else n - 1}.get(name)
@@ -321,7 +360,8 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
 
     ns = sorted(results)
     colours = {"ring": "tab:blue", "regular4": "tab:green", "server": "tab:red"}
-    labels = {"ring": "gossip ring (deg 2)", "regular4": "gossip 4-regular", "server": "server (fedit)"}
+    labels = {"ring": "gossip ring (deg 2)", "server": "server (fedit)",
+              "regular4": "gossip 4-regular" + (" (N=4: complete, deg 3)" if 4 in results else "")}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for name in CONFIGS:
         if name not in results[ns[0]]["configs"]:
@@ -334,19 +374,27 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
                  label=f"{labels[name]}: model 10 Gbit/s")
         ax2.plot(ns, [c["busiest_bytes_median"] / 1e6 for c in cs], "o-", color=colours[name],
                  label=f"{labels[name]}: measured")
-        ex = sorted(extrapolated.get(name, {}).items())
+        ex = sorted(extrapolated.get(name, {}).items(), key=lambda kv: int(kv[0]))
         if ex:
             xs = [ns[-1]] + [int(k) for k, _ in ex]
-            ys = [cs[-1]["busiest_bytes_median"] / 1e6] + [v / 1e6 for _, v in ex]
-            ax2.plot(xs, ys, "x--", color=colours[name], label=f"{labels[name]}: extrapolated (bytes model)")
+            ys = [cs[-1]["busiest_bytes_median"] / 1e6] + [e["busiest_bytes"] / 1e6 for _, e in ex]
+            ax2.plot(xs, ys, "x:", color=colours[name], label=f"{labels[name]}: EXTRAPOLATED (bytes model)")
+            for bw, marker in (("1G", "s"), ("10G", "^")):
+                ys = [cs[-1]["modelled_s_median"][bw]] + [e["modelled_s"][bw] for _, e in ex]
+                ax1.plot(xs, ys, ":", color=colours[name], alpha=0.5)
+                ax1.plot(xs[1:], ys[1:], marker, mfc="none", color=colours[name], alpha=0.8)
+    all_ns = sorted(set(ns) | {int(k) for e in extrapolated.values() for k in e})
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(all_ns)
+        ax.set_xticklabels([str(n) for n in all_ns])
         ax.set_xlabel("N (peers / clients)")
         ax.grid(True, which="both", alpha=0.3)
     ax1.set_ylabel("round time (s)")
     ax1.set_title("Round time: measured on 2 shared cores (CPU-bound) vs modelled\n"
-                  "(model = busiest bytes / link bandwidth + measured compute)", fontsize=9)
+                  "(model = busiest bytes / link bandwidth + measured compute"
+                  + ("; hollow markers: EXTRAPOLATED N)" if extrapolated else ")"), fontsize=9)
     ax2.set_ylabel("MB through the busiest process per round (sent + received)")
     ax2.set_title("Bytes through the busiest process per round\n(Llama-2-7B r=16 q,v adapter, int8: "
                   f"{MESSAGE_PAYLOAD_BYTES / 1e6:.1f} MB per message)", fontsize=9)
@@ -376,6 +424,9 @@ def main() -> int:
                     help="abort an N whose run pushes MemAvailable below this (the machine is shared)")
     ap.add_argument("--max-mem-gib", type=float, default=10.0,
                     help="skip (and extrapolate) an N whose estimated memory, scaled from the previous N, exceeds this")
+    ap.add_argument("--budget-s", type=float, default=600.0,
+                    help="skip (and extrapolate) an N whose predicted wall time, scaled from the previous N, would "
+                         "take the whole run past this many seconds (0: no limit)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write JSON/PNG")
     args = ap.parse_args()
     ns = [4, 8, 16] if args.quick else sorted({int(x) for x in args.ns.split(",") if x.strip()})
@@ -389,13 +440,20 @@ def main() -> int:
     load_before = os.getloadavg()
     for n in ns:
         if results:
-            prev = results[max(results)]
-            per_proc = prev["memory_used_gib"] / prev["processes"]
-            estimate = per_proc * (n + 1) * 1.2
+            estimate = memory_estimate_gib(results[max(results)], n)
             if estimate > args.max_mem_gib or estimate > mem_available_gib() - args.min_free_gib:
-                skipped[n] = (f"estimated {estimate:.1f} GiB (from {per_proc * 1024:.0f} MiB per process at "
-                              f"N={prev['n']}) > --max-mem-gib {args.max_mem_gib} or MemAvailable "
-                              f"{mem_available_gib():.1f} GiB - {args.min_free_gib}")
+                skipped[n] = (f"estimated {estimate:.1f} GiB of memory (scaled from N={max(results)}) > "
+                              f"--max-mem-gib {args.max_mem_gib} or MemAvailable {mem_available_gib():.1f} GiB - "
+                              f"{args.min_free_gib}")
+                print(f"N={n}: skipped: {skipped[n]}", flush=True)
+                continue
+        if results and args.budget_s > 0:
+            prev = results[max(results)]
+            predicted = prev["wall_s"] * (n + 1) / prev["processes"]  # the work per round grows with the processes
+            elapsed = time.monotonic() - started
+            if elapsed + predicted > args.budget_s:
+                skipped[n] = (f"predicted {predicted:.0f} s (N={prev['n']} took {prev['wall_s']:.0f} s) after "
+                              f"{elapsed:.0f} s would pass --budget-s {args.budget_s:.0f}")
                 print(f"N={n}: skipped: {skipped[n]}", flush=True)
                 continue
         t0 = time.monotonic()
@@ -416,7 +474,7 @@ def main() -> int:
     print()
     table = print_table(results)
     checks = scaling_checks(results, message_bytes)
-    extrapolated = {name: {str(n): bytes_model(name, n, message_bytes) for n in skipped} for name in configs}
+    extrapolated = extrapolate(results, sorted(skipped), configs, message_bytes) if skipped else {}
     print()
     for name, c in checks.items():
         if name == "server":
@@ -432,16 +490,22 @@ def main() -> int:
                   + f"; slope {c['slope_bytes_per_peer'] / 1e3:.2f} kB per extra peer -> constant: {c['constant']}")
     if skipped:
         for n, why in skipped.items():
-            print(f"N={n} not measured ({why}); bytes model (EXTRAPOLATED, payload only): "
-                  + ", ".join(f"{k} {extrapolated[k][str(n)] / 1e6:.1f} MB" for k in configs))
+            print(f"N={n} NOT MEASURED ({why}). EXTRAPOLATED: "
+                  + "; ".join(f"{k} {e['busiest_bytes'] / 1e6:.1f} MB, model 1G {e['modelled_s']['1G']:.3f} s, "
+                              f"10G {e['modelled_s']['10G']:.3f} s"
+                              for k, e in ((k, extrapolated[k][str(n)]) for k in configs)))
     cores = os.cpu_count()
     biggest = max(results)
+    shares = {n: statistics.median(c["cores_used_median"] for c in r["configs"].values()) for n, r in results.items()}
     notes = [
         f"All processes run on one host with {cores} CPU cores, shared with other work (load average "
-        f"{load_before[0]:.1f} before the run). At N={biggest} there are {biggest + 1} processes timesharing {cores} "
-        "cores: the measured round times at large N are CPU-bound (every process decodes and mixes, or the server "
-        "decodes N updates, on the same cores), not network-bound. Loopback TCP has no link bandwidth limit that "
-        "matters here.",
+        f"{load_before[0]:.1f} before the run, {os.getloadavg()[0]:.1f} after). At N={biggest} there are "
+        f"{biggest + 1} processes timesharing {cores} cores: the measured round times at large N are CPU-bound "
+        "(every process decodes and mixes, or the server decodes N updates, on the same cores), not network-bound; "
+        "loopback TCP has no link bandwidth limit that matters here. The benchmark's processes got only "
+        + ", ".join(f"{v:.2f}" for v in shares.values()) + f" cores on average during a round at N = "
+        + ", ".join(map(str, shares)) + " (CPU seconds of all its processes / round span), the rest going to other "
+        "work on the machine, so the measured times also depend on that load and vary from run to run.",
         "Modelled round time = bytes through the busiest process per round (sent + received, transport counters) * 8 "
         "/ link bandwidth (1 or 10 Gbit/s per process) + measured compute. Compute is CPU time (time.thread_time of "
         "the main thread), not wall time, so timesharing does not inflate it: gossip = slowest peer's decode + "
@@ -460,11 +524,18 @@ def main() -> int:
         "so a gossip peer moves 2 x degree messages per round and the server 2 x N.",
         "Liveness is relaxed (a neighbour counts as down after 120 missed 1 s heartbeats) and the collect deadline is "
         "300 s, so that processes starved of CPU are not marked missing; 'missing' lists any that still were.",
+        "To fit 65 processes in the shared machine's memory: one zygote imports torch and forks the workers (after "
+        "gc.freeze, so their pages stay shared), messages of 1 MiB or more are mmapped and the heap is trimmed "
+        "between rounds, and received adapters are decoded and mixed module by module (64 modules; each through "
+        "protocol.message_to_adapter and aggregate.gossip / server.aggregate_updates, with bit-identical results "
+        "to one call on whole adapters, checked during development). Each mixed module is computed and dropped; a "
+        "real peer would write it into its model. Private memory per process: see 'worker_private_mb_max'.",
     ]
     if skipped:
-        notes.append("Not measured: " + "; ".join(f"N={n}: {why}" for n, why in skipped.items())
-                     + ". Their bytes are EXTRAPOLATED from the bytes model (server 2*N*message, gossip "
-                     "2*degree*message), not measured; no round time is given for them.")
+        notes.append("NOT MEASURED: " + "; ".join(f"N={n}: {why}" for n, why in skipped.items())
+                     + ". For them 'extrapolated' gives the busiest bytes from the bytes model (server 2*N*message, "
+                     "gossip 2*degree*message), compute extrapolated from the measured N (gossip: the largest N's; "
+                     "server: a line fitted in N) and the modelled times from both; no measured round time.")
     any_missing = {f"{name}@N={n}": c["missing"] for n, r in results.items() for name, c in r["configs"].items()
                    if c["missing"]}
     if any_missing:
@@ -487,23 +558,21 @@ def main() -> int:
         "results": {str(n): r for n, r in results.items()},
         "scaling": checks,
         "skipped": {str(n): why for n, why in skipped.items()},
-        "extrapolated_busiest_bytes": {k: v for k, v in extrapolated.items() if v},
+        "extrapolated": extrapolated,
         "table": table,
         "notes": notes,
     }
     path = write_result("bench_scale", payload)
     png = RESULTS / "bench_scale.png"
-    plot(results, {k: v for k, v in extrapolated.items() if v}, png)
+    plot(results, extrapolated, png)
     print(f"\nwrote {path} and {png} ({total_s:.0f} s)")
     return 0
 
 
 def _message_bytes(results: dict[int, dict]) -> int:
     """One adapter message's size on the wire (header + payload frames), as the workers built it."""
-    sizes = {rd["message_bytes"] for r in results.values() for c in r["configs"].values() for rd in c["rounds"]}
-    if len(sizes) != 1:
-        print(f"note: message sizes differ slightly (headers): {sorted(sizes)}")
-    return max(sizes)
+    # The msgpack header differs by a few bytes (round number, the UPDATE's sample count): take the largest.
+    return max(rd["message_bytes"] for r in results.values() for c in r["configs"].values() for rd in c["rounds"])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def adapter_from_state(state: dict) -> Adapter:
 
 
 # Peers are at most a round apart when a run is killed; keeping two rounds lets all of them resume from the same one.
+# More (or all, keep_rounds=0) is for analysis after the run, e.g. the average model per round
+# (declora.average_model); a stack-mode checkpoint holds a dense delta per module, so that costs disk.
 KEEP_ROUNDS = 2
 
 
@@ -44,9 +46,11 @@ def saved_rounds(run_dir: str | Path, peer_id: int) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in folder.glob("round-*.pt"))
 
 
-def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict) -> Path:
+def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict, keep_rounds: int = KEEP_ROUNDS) -> Path:
     """Write to a temporary file, fsync, then rename: a crash leaves the old checkpoint or the new, never half.
-    Then drop rounds older than the last KEEP_ROUNDS."""
+    Then drop rounds older than the last `keep_rounds` (0 = keep every round)."""
+    if keep_rounds < 0:
+        raise ValueError(f"keep_rounds must be >= 0 (0 = all), got {keep_rounds}")
     folder = checkpoint_dir(run_dir, peer_id)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{t}.pt"
@@ -56,8 +60,9 @@ def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict) -> P
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    for old in saved_rounds(run_dir, peer_id)[:-KEEP_ROUNDS]:
-        (folder / f"round-{old}.pt").unlink(missing_ok=True)
+    if keep_rounds:
+        for old in saved_rounds(run_dir, peer_id)[:-keep_rounds]:
+            (folder / f"round-{old}.pt").unlink(missing_ok=True)
     return path
 
 

@@ -66,7 +66,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
             record.update(evaluate_if_due(cfg, model, eval_set, task, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
-            save_checkpoint(run_dir, peer_id, t, checkpoint_state(t, model, trainer, sender, merged))
+            save_checkpoint(run_dir, peer_id, t, checkpoint_state(t, model, trainer, sender, merged), cfg.keep_checkpoints)
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
                      len(links.neighbours), _eval_text(record))
 
