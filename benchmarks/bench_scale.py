@@ -181,7 +181,9 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
     wall = time.monotonic() - t_start
     per_conf = {c["name"]: summarize(c, n, workers, args) for c in confs}
     return {"n": n, "processes": n + 1, "wall_s": wall, "mem_available_before_gib": mem_before,
-            "mem_available_min_gib": mem_min, "memory_used_gib": mem_before - mem_min,
+            "mem_available_min_gib": mem_min,
+            # the machine's MemAvailable drop during the run: includes whatever else ran meanwhile
+            "mem_available_drop_gib": mem_before - mem_min,
             "worker_private_mb_max": max(r["private_mb"] for w in workers if w["id"] != n
                                          for c in w["configs"].values() for r in c["rounds"]),
             "server_private_mb_max": max((r["private_mb"] for r in workers[n]["configs"].get("server", {})
@@ -262,7 +264,7 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         "missing_at_start": sorted({f"{i}<-{j}" for i, c in active for j in c.get("missing_at_start", [])}),
         "send_failed_total": sum(c.get("send_failed_total", 0) for _, c in active),
         "dropped": dropped,
-        "went_down": sum(sum(c.get("went_down", {}).values()) for _, c in active),
+        "went_down": sum(c.get("went_down", 0) for _, c in active),
         "connect_s_max": max(c.get("start_s", 0.0) for _, c in active),
         "rounds": rounds,
     }
@@ -464,7 +466,8 @@ def main() -> int:
             print(f"N={n}: failed: {e}", flush=True)
             continue
         r = results[n]
-        print(f"N={n}: {time.monotonic() - t0:.0f} s wall, {r['memory_used_gib']:.2f} GiB used at peak, "
+        print(f"N={n}: {time.monotonic() - t0:.0f} s wall, at most {r['worker_private_mb_max']:.0f} MB private per "
+              f"process (server {r['server_private_mb_max'] or 0:.0f} MB), "
               + ", ".join(f"{k} {c['round_s_median']:.2f} s/round" for k, c in r["configs"].items()), flush=True)
     if not results:
         print("nothing measured")
@@ -540,6 +543,16 @@ def main() -> int:
                    if c["missing"]}
     if any_missing:
         notes.append(f"Some messages missed their deadline: {any_missing}")
+    else:
+        notes.append("No message missed its deadline: every process heard every neighbour (or the server / every "
+                     "client) in every round, at every N measured.")
+    trouble = {f"{name}@N={n}": {k: c[k] for k in ("send_failed_total", "went_down", "dropped", "missing_at_start")
+                                 if c[k]}
+               for n, r in results.items() for name, c in r["configs"].items()
+               if c["send_failed_total"] or c["went_down"] or c["dropped"] or c["missing_at_start"]}
+    if trouble:
+        notes.append(f"Transport events during the timed rounds (failed sends, neighbours marked down, drops, "
+                     f"neighbours not up at the start): {trouble}")
     print()
     print("notes:")
     for line in notes:

@@ -183,6 +183,7 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
     out["private_mb_connected"] = private_mb()
     out["missing_at_start"] = sorted(missing)
     barrier.wait(f"{conf['name']}:up")
+    up = transport.counters()
     row = {int(k): float(v) for k, v in conf.get("rows", {}).get(str(me), {}).items()}
     server = int(conf["server"]) if conf["kind"] == "server" else None
     samples = int(conf["samples"][str(me)]) if role == "client" else 0
@@ -242,11 +243,13 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
         s1, v1 = byte_count(transport)
         rec["bytes_sent"], rec["bytes_received"] = s1 - s0, v1 - v0
         out["rounds"].append(rec)
+    # Counters over the timed part only (from "up" to the last round's end): connection set-up (HELLOs that fail
+    # until a DEALER has connected) and shutdown (BYEs, sends to peers already gone) are left out.
+    end = transport.counters()
+    out["dropped"] = {k: v - up["dropped"].get(k, 0) for k, v in end["dropped"].items() if v - up["dropped"].get(k, 0)}
+    out["went_down"] = sum(end["went_down"].values()) - sum(up["went_down"].values())
+    out["send_failed_total"] = end["send_failed_total"] - up["send_failed_total"]
     barrier.wait(f"{conf['name']}:close")
-    counters = transport.counters()
-    out["dropped"] = counters["dropped"]
-    out["went_down"] = {str(k): v for k, v in counters["went_down"].items()}
-    out["send_failed_total"] = counters["send_failed_total"]
     transport.close()
     return out
 

@@ -240,7 +240,21 @@ def _resolved(args):
 def _run_simulate(args) -> int:
     from .launch import simulate
 
-    return simulate(_resolved(args))
+    cfg = _resolved(args)
+    _check_model_available(cfg)
+    return simulate(cfg)
+
+
+def _check_model_available(cfg) -> None:
+    """Fail once, here, with how to install the default model, rather than once per peer process."""
+    if cfg.model:
+        return
+    from .adapter import default_model_path
+
+    try:
+        default_model_path()
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
 
 
 def _run_peer(args) -> int:
@@ -258,7 +272,9 @@ def _run_server(args) -> int:
 def _run_launch_node(args) -> int:
     from .launch import launch_node
 
-    return launch_node(_resolved(args))
+    cfg = _resolved(args)
+    _check_model_available(cfg)
+    return launch_node(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
