@@ -12,7 +12,6 @@ be talked into sending to an impostor. Secret keys are never logged or put in an
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -25,6 +24,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from .addressbook import is_loopback
 
 log = logging.getLogger("declora.security")
 
@@ -203,13 +204,7 @@ def is_local_endpoint(endpoint: str) -> bool:
         return True
     if not endpoint.startswith("tcp://"):
         return False
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]"))
 
 
 def check_plaintext(endpoints: Iterable[str], allow_nonlocal: bool = False) -> None:
