@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -165,8 +166,13 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                 tail = logs[0].read_text()[-3000:] if logs else ""
                 raise RuntimeError(f"N={n}: workers stopped early (zygote status {zygote.returncode}):\n{said}\n{tail}")
             if time.monotonic() - phase_started > args.phase_timeout:
-                raise RuntimeError(f"N={n}: no progress for {args.phase_timeout} s (waiting on "
-                                   f"{n + 1 - len(waiting)} of {n + 1} workers)")
+                stuck = sorted(set(range(n + 1)) - {int(i) for i in waiting})
+                zygote.send_signal(signal.SIGUSR1)  # every worker dumps its threads' stacks into its log
+                time.sleep(3)
+                where = "\n".join(f"--- worker {i}:\n" + (tmp / f"config{i}.log").read_text()[-4000:]
+                                  for i in stuck[:2])
+                raise RuntimeError(f"N={n}: no progress for {args.phase_timeout} s: workers {stuck} did not reach "
+                                   f"barrier {sorted(set(waiting.values()))}; their stacks:\n{where}")
             if mem_available_gib() < args.min_free_gib:
                 raise RuntimeError(f"N={n}: MemAvailable fell under {args.min_free_gib} GiB; stopped to protect the "
                                    f"machine")
@@ -296,6 +302,9 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         "span_s_median": med("span_s"), "start_skew_s_median": med("start_skew_s"),
         "compute_cpu_s_median": med("compute_cpu_s"), "busiest_bytes_median": med("busiest_bytes"),
         "cores_used_median": med("cores_used"), "process_cpu_s_total_median": med("process_cpu_s_total"),
+        # the round time if this host's cores did nothing else: all the processes' CPU seconds / cores (a floor:
+        # the measured round time cannot be lower on this host, and is higher when other work takes CPU)
+        "cpu_floor_s_median": med("process_cpu_s_total") / (os.cpu_count() or 1),
         "modelled_s_median": {bw: statistics.median(r["modelled_s"][bw] for r in rounds) for bw in BANDWIDTHS},
         "modelled_full_duplex_s_median": {bw: statistics.median(r["modelled_full_duplex_s"][bw] for r in rounds)
                                           for bw in BANDWIDTHS},
@@ -304,6 +313,7 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         "send_failed_total": sum(c.get("send_failed_total", 0) for _, c in active),
         "dropped": dropped,
         "went_down": sum(c.get("went_down", 0) for _, c in active),
+        "close_hung": sum(bool(c.get("close_hung")) for _, c in active),
         "connect_s_max": max(c.get("start_s", 0.0) for _, c in active),
         "rounds": rounds,
     }
@@ -381,7 +391,7 @@ def bytes_model(name: str, n: int, message_bytes: int) -> int:
 
 # ---- output ---------------------------------------------------------------------------------------------------------
 def print_table(results: dict[int, dict], extrapolated: dict) -> list[str]:
-    head = (f"{'config':9s} {'N':>3s} {'deg':>4s} {'round s':>8s} {'compute s':>9s} {'busiest MB':>10s} "
+    head = (f"{'config':9s} {'N':>3s} {'deg':>4s} {'round s':>8s} {'CPU/cores':>9s} {'compute s':>9s} {'busiest MB':>10s} "
             f"{'model 1G s':>10s} {'model 10G s':>11s} {'missing':>7s}")
     lines = [head, "-" * len(head)]
     rows = []
@@ -389,14 +399,14 @@ def print_table(results: dict[int, dict], extrapolated: dict) -> list[str]:
         for name, c in r["configs"].items():
             deg = str(c["degree"]) if not isinstance(c["degree"], list) else "/".join(map(str, c["degree"]))
             rows.append((n, CONFIGS.index(name), f"{name:9s} {n:3d} {deg:>4s} {c['round_s_median']:8.2f} "
-                         f"{c['compute_cpu_s_median']:9.3f} {c['busiest_bytes_median'] / 1e6:10.1f} "
+                         f"{c['cpu_floor_s_median']:9.2f} {c['compute_cpu_s_median']:9.3f} {c['busiest_bytes_median'] / 1e6:10.1f} "
                          f"{c['modelled_s_median']['1G']:10.3f} {c['modelled_s_median']['10G']:11.3f} "
                          f"{len(c['missing']):7d}"))
     for name, by_n in extrapolated.items():
         for key, e in by_n.items():
             n = int(key)
             deg = {"ring": 2, "regular4": 4 if n > 4 else n - 1, "server": n}[name]
-            rows.append((n, CONFIGS.index(name), f"{name:9s} {n:3d} {deg:>4d} {'-':>8s} {e['compute_cpu_s']:9.3f} "
+            rows.append((n, CONFIGS.index(name), f"{name:9s} {n:3d} {deg:>4d} {'-':>8s} {'-':>9s} {e['compute_cpu_s']:9.3f} "
                          f"{e['busiest_bytes'] / 1e6:10.1f} {e['modelled_s']['1G']:10.3f} "
                          f"{e['modelled_s']['10G']:11.3f}   EXTRAPOLATED (not measured)"))
     lines += [row for _, _, row in sorted(rows)]
@@ -413,13 +423,15 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
     colours = {"ring": "tab:blue", "regular4": "tab:green", "server": "tab:red"}
     labels = {"ring": "gossip ring (deg 2)", "server": "server (fedit)",
               "regular4": "gossip 4-regular" + (" (N=4: complete, deg 3)" if 4 in results else "")}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 7))
     for name in CONFIGS:
         ns = sorted(n for n in results if name in results[n]["configs"])
         if not ns:
             continue
         cs = [results[n]["configs"][name] for n in ns]
         ax1.plot(ns, [c["round_s_median"] for c in cs], "o-", color=colours[name], label=f"{labels[name]}: measured")
+        ax1.plot(ns, [c["cpu_floor_s_median"] for c in cs], "-.", color=colours[name], lw=1, alpha=0.6,
+                 label=f"{labels[name]}: CPU of all processes / {os.cpu_count()} cores")
         ax1.plot(ns, [c["modelled_s_median"]["1G"] for c in cs], "s--", color=colours[name], alpha=0.8,
                  label=f"{labels[name]}: model 1 Gbit/s")
         ax1.plot(ns, [c["modelled_s_median"]["10G"] for c in cs], "^:", color=colours[name], alpha=0.8,
@@ -450,10 +462,10 @@ def plot(results: dict[int, dict], extrapolated: dict, path: Path) -> None:
     ax2.set_ylabel("MB through the busiest process per round (sent + received)")
     ax2.set_title("Bytes through the busiest process per round\n(Llama-2-7B r=16 q,v adapter, int8: "
                   f"{MESSAGE_PAYLOAD_BYTES / 1e6:.1f} MB per message)", fontsize=9)
-    ax1.legend(fontsize=6.5, ncol=1)
-    ax2.legend(fontsize=7)
+    ax1.legend(fontsize=6.5, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -465,13 +477,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up rounds per configuration")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--deadline", type=float, default=300.0, help="collect deadline per round (s): generous, so "
+    ap.add_argument("--deadline", type=float, default=180.0, help="collect deadline per round (s): generous, so "
                     "that a process starved of CPU is not counted missing")
-    ap.add_argument("--start-timeout", type=float, default=300.0, help="wait for neighbours to come up (s)")
+    ap.add_argument("--start-timeout", type=float, default=120.0, help="wait for neighbours to come up (s)")
     ap.add_argument("--missed-heartbeats", type=int, default=120,
                     help="heartbeat intervals (1 s) before a neighbour counts as down: large, as starved processes "
                          "answer pings late")
-    ap.add_argument("--phase-timeout", type=float, default=600.0, help="abort when a barrier waits this long (s)")
+    ap.add_argument("--phase-timeout", type=float, default=240.0,
+                    help="give up on an N when a barrier waits this long (s); the stuck workers' stacks are reported")
     ap.add_argument("--min-free-gib", type=float, default=3.0,
                     help="abort an N whose run pushes MemAvailable below this (the machine is shared)")
     ap.add_argument("--max-mem-gib", type=float, default=10.0,
@@ -488,6 +501,7 @@ def main() -> int:
 
     results: dict[int, dict] = {}
     skipped: dict[str, str] = {}  # "N=64" or "regular4@N=64" -> why it was not measured
+    failures: list[str] = []  # attempts that failed (and were retried or skipped)
     started = time.monotonic()
     load_before = os.getloadavg()
     for n in ns:
@@ -506,11 +520,20 @@ def main() -> int:
             if not chosen:
                 continue
         t0 = time.monotonic()
-        try:
-            results[n] = run_n(n, args, tuple(chosen))
-        except RuntimeError as e:
-            skipped[f"N={n}"] = str(e).splitlines()[0]
-            print(f"N={n}: failed: {e}", flush=True)
+        for attempt in (1, 2):
+            try:
+                results[n] = run_n(n, args, tuple(chosen))
+                break
+            except RuntimeError as e:
+                print(f"N={n}: attempt {attempt} failed: {e}", flush=True)
+                failures.append(f"N={n} attempt {attempt}: {str(e).splitlines()[0]}")
+                took = time.monotonic() - t0
+                if attempt == 2 or (args.budget_s > 0 and time.monotonic() - started + took > args.budget_s):
+                    skipped[f"N={n}"] = str(e).splitlines()[0]
+                    break
+                print(f"N={n}: trying once more", flush=True)
+                t0 = time.monotonic()
+        if n not in results:
             continue
         r = results[n]
         print(f"N={n}: {time.monotonic() - t0:.0f} s wall, at most {r['worker_private_mb_max']:.0f} MB private per "
@@ -550,10 +573,15 @@ def main() -> int:
         f"{load_before[0]:.1f} before the run, {os.getloadavg()[0]:.1f} after). At N={biggest} there are "
         f"{biggest + 1} processes timesharing {cores} cores: the measured round times at large N are CPU-bound "
         "(every process decodes and mixes, or the server decodes N updates, on the same cores), not network-bound; "
-        "loopback TCP has no link bandwidth limit that matters here. The benchmark's processes got only "
-        + ", ".join(f"{v:.2f}" for v in shares.values()) + f" cores on average during a round at N = "
-        + ", ".join(map(str, shares)) + " (CPU seconds of all its processes / round span), the rest going to other "
-        "work on the machine, so the measured times also depend on that load and vary from run to run.",
+        "loopback TCP has no link bandwidth limit that matters here ('CPU/cores' in the table: all the processes' "
+        "CPU seconds in a round / the host's cores, the round time this host could reach if it did nothing else, "
+        "grows with N for every configuration). The benchmark's processes used "
+        + ", ".join(f"{v:.2f}" for v in shares.values()) + f" of the {cores} cores on average during a round at N = "
+        + ", ".join(map(str, shares)) + " (CPU seconds of all its processes / round span)"
+        + (": other work on the machine took the rest, which inflates the measured round times"
+           if min(shares.values()) < 0.8 * cores else "")
+        + ". The measured times depend on what else runs on the host and vary from run to run; the byte counts "
+        "do not.",
         "Modelled round time = bytes through the busiest process per round (sent + received, transport counters) * 8 "
         "/ link bandwidth (1 or 10 Gbit/s per process) + measured compute. Compute is CPU time (time.thread_time of "
         "the main thread), not wall time, so timesharing does not inflate it: gossip = a peer's decode + "
@@ -572,8 +600,8 @@ def main() -> int:
         "that process's round start); 'span_s' is the last result minus the first start (includes barrier skew).",
         f"Message: {message_bytes / 1e6:.2f} MB (int8 codes + fp32 scales per 64-value block + msgpack header), "
         "so a gossip peer moves 2 x degree messages per round and the server 2 x N.",
-        "Liveness is relaxed (a neighbour counts as down after 120 missed 1 s heartbeats) and the collect deadline is "
-        "300 s, so that processes starved of CPU are not marked missing; 'missing' lists any that still were.",
+        f"Liveness is relaxed (a neighbour counts as down after {args.missed_heartbeats} missed 1 s heartbeats) and the "
+        f"collect deadline is {args.deadline:.0f} s, so that processes starved of CPU are not marked missing; 'missing' lists any that still were.",
         "To fit 65 processes in the shared machine's memory: one zygote imports torch and forks the workers (after "
         "gc.freeze, so their pages stay shared), messages of 1 MiB or more are mmapped and the heap is trimmed "
         "between rounds, and received adapters are decoded and mixed module by module (64 modules; each through "
@@ -593,10 +621,12 @@ def main() -> int:
     else:
         notes.append("No message missed its deadline: every process heard every neighbour (or the server / every "
                      "client) in every round, at every N measured.")
-    trouble = {f"{name}@N={n}": {k: c[k] for k in ("send_failed_total", "went_down", "dropped", "missing_at_start")
-                                 if c[k]}
-               for n, r in results.items() for name, c in r["configs"].items()
-               if c["send_failed_total"] or c["went_down"] or c["dropped"] or c["missing_at_start"]}
+    keys = ("send_failed_total", "went_down", "dropped", "missing_at_start", "close_hung")
+    trouble = {f"{name}@N={n}": {k: c[k] for k in keys if c[k]}
+               for n, r in results.items() for name, c in r["configs"].items() if any(c[k] for k in keys)}
+    if failures:
+        notes.append(f"Failed attempts (a stuck or failed worker; the N was retried once if the budget allowed): "
+                     f"{failures}")
     if trouble:
         notes.append(f"Transport events during the timed rounds (failed sends, neighbours marked down, drops, "
                      f"neighbours not up at the start): {trouble}")
@@ -618,6 +648,7 @@ def main() -> int:
         "results": {str(n): r for n, r in results.items()},
         "scaling": checks,
         "skipped": skipped,
+        "failed_attempts": failures,
         "extrapolated": extrapolated,
         "table": table,
         "notes": notes,

@@ -214,7 +214,7 @@ def evaluate_if_due(cfg: RunConfig, model, eval_set, task: str, t: int) -> dict:
     last = t == cfg.rounds - 1
     if not last and (t + 1) % cfg.eval_every:
         return {}
-    subset = eval_set if last or not cfg.eval_samples else eval_set[: cfg.eval_samples]
+    subset = eval_set if last or not cfg.eval_samples else eval_set.head(cfg.eval_samples)
     result = evaluate(model, subset, task, batch_size=max(cfg.batch_size, 64))
     return {f"eval_{k}": v for k, v in result.items()}
 

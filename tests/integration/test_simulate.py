@@ -44,7 +44,7 @@ def simulate(tmp_path: Path, *args: str, name: str = "run", timeout: float = 240
 def classification_args(tmp_path: Path) -> list[str]:
     train, dev = sst2_slice(tmp_path)
     return ["--model", "tiny-bert", "--data", str(train), "--eval-data", str(dev), "--batch-size", "8",
-            "--max-length", "32", "--local-steps", "2", "--rounds", "2"]
+            "--max-length", "32", "--local-steps", "2", "--rounds", "2", "--eval-every", "1", "--eval-samples", "32"]
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -85,6 +85,8 @@ def test_every_mode_runs_with_real_processes(tmp_path, mode, ranks, codec):
         assert all(r["neighbours_heard"] == 2 for r in records)
         assert (out / "adapters" / f"peer-{i}" / "adapter_config.json").exists()
     assert "round   2/2" in proc.stdout
+    # Round 1 evaluated a 32-example subset (--eval-samples), the last round the whole eval set.
+    assert [r["eval_samples"] for r in records] == [32, 64]
     assert (out / "eval_accuracy.png").stat().st_size > 0
 
 
