@@ -169,8 +169,9 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
                 stuck = sorted(set(range(n + 1)) - {int(i) for i in waiting})
                 zygote.send_signal(signal.SIGUSR1)  # every worker dumps its threads' stacks into its log
                 time.sleep(3)
-                where = "\n".join(f"--- worker {i}:\n" + (tmp / f"config{i}.log").read_text()[-4000:]
-                                  for i in stuck[:2])
+                logs = [tmp / f"config{i}.log" for i in stuck[:2]]
+                where = "\n".join(f"--- worker {p.stem[6:]}:\n" + (p.read_text()[-4000:] if p.exists() else "(no log)")
+                                  for p in logs)
                 raise RuntimeError(f"N={n}: no progress for {args.phase_timeout} s: workers {stuck} did not reach "
                                    f"barrier {sorted(set(waiting.values()))}; their stacks:\n{where}")
             if mem_available_gib() < args.min_free_gib:
