@@ -83,7 +83,9 @@ def test_every_mode_runs_with_real_processes(tmp_path, mode, ranks, codec):
     for i in range(3):
         records = [json.loads(x) for x in (out / "metrics" / f"peer-{i}.jsonl").read_text().splitlines()]
         assert all(r["neighbours_heard"] == 2 for r in records)
-        assert (out / "adapters" / f"peer-{i}" / "adapter_config.json").exists()
+        # Stack mode merged rounds into the base, so it saves the whole merged model, not an adapter.
+        saved = "config.json" if mode == "stack" else "adapter_config.json"
+        assert (out / "adapters" / f"peer-{i}" / saved).exists()
     assert "round   2/2" in proc.stdout
     # Round 1 evaluated a 32-example subset (--eval-samples), the last round the whole eval set.
     assert [r["eval_samples"] for r in records] == [32, 64]
