@@ -196,7 +196,7 @@ def _run_keys_make(args) -> int:
 
 # ---- simulate / peer / launch-node / server ---------------------------------------------------------------------------
 def _add_run_commands(sub) -> None:
-    from .config import add_flags
+    from .config import add_flags, add_peer_flags, add_server_flags
 
     p = sub.add_parser("simulate", help="run N peer processes on this host (the main job)",
                        description="Start N peer processes on this host that fine-tune with LoRA and gossip over "
@@ -207,10 +207,7 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("peer", help="run one peer of a multi-node run",
                        description="Run one peer; its neighbours' addresses come from a topology file with "
                                    "host/port per node, or --hosts with --base-port.")
-    p.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
-    p.add_argument("--resume-round", type=int, default=None,
-                   help="with --resume: the round whose checkpoint to load (default: the latest)")
-    add_flags(p)
+    add_peer_flags(p)
     p.set_defaults(func=_run_peer)
 
     p = sub.add_parser("launch-node", help="start this node's peers (SLURM or torchrun-style variables)",
@@ -222,9 +219,7 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("server", help="run the parameter-server baseline process (fedit, flora, flexlora, zeropad)",
                        description="Run the parameter server of a server-baseline run; its clients are "
                                    "`declora peer` processes with the same --server flag.")
-    p.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
-    p.add_argument("--resume-round", type=int, default=None, help="with --resume: start after this round")
-    add_flags(p)
+    add_server_flags(p)
     p.set_defaults(func=_run_server)
 
 

@@ -182,6 +182,23 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
             parser.add_argument(flag_name(f.name), type=caster, **kw)
 
 
+def add_peer_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of one peer process (`declora peer`, `python -m declora.peer`)."""
+    parser.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
+    parser.add_argument("--resume-round", type=int, default=None,
+                        help="with --resume: the round whose checkpoint to load (default: the latest); give every "
+                             "peer the same one")
+    add_flags(parser)
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the parameter-server process (`declora server`, `python -m declora.server`)."""
+    parser.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
+    parser.add_argument("--resume-round", type=int, default=None,
+                        help="with --resume: the clients resume after this round, so the server starts at the next")
+    add_flags(parser)
+
+
 def load_toml(path: str | Path) -> dict:
     """Read a run config file: TOML, or the config.json that a run writes (so a run can be repeated from it)."""
     path = Path(path)

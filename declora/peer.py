@@ -18,7 +18,7 @@ import torch
 from . import aggregate
 from .addressbook import address_book, bind_endpoint
 from .checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig, add_flags, resolve
+from .config import ConfigError, RunConfig, add_peer_flags, resolve
 from .factors import Adapter
 from .metrics import MetricsWriter
 from .topology import load_topology, mixing_matrix, mixing_row, renormalize_row
@@ -292,11 +292,7 @@ def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, rank: int, mo
 # ---- entry point ---------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="declora peer", description="run one peer of a declora network")
-    p.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
-    p.add_argument("--resume-round", type=int, default=None,
-                   help="with --resume: the round whose checkpoint to load (default: the latest); give every peer "
-                        "the same one")
-    add_flags(p)
+    add_peer_flags(p)
     return p
 
 

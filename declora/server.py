@@ -23,7 +23,7 @@ import torch
 
 from . import aggregate
 from .addressbook import address_book, bind_endpoint
-from .config import ConfigError, RunConfig, add_flags, resolve
+from .config import ConfigError, RunConfig, add_server_flags, resolve
 from .factors import Adapter
 from .metrics import MetricsWriter
 
@@ -126,10 +126,7 @@ def _sample_count(message) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="declora server", description="run the parameter-server baseline")
-    p.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
-    p.add_argument("--resume-round", type=int, default=None,
-                   help="with --resume: the clients resume after this round, so the server starts at the next")
-    add_flags(p)
+    add_server_flags(p)
     return p
 
 
