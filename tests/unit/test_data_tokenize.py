@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from declora.adapter import byte_tokenizer
-from declora.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, batches, collate,
-                          epoch_order, eval_batches, format_prompt, tokenize)
+from declora.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, TokenizedDataset,
+                          batches, collate, epoch_order, eval_batches, format_prompt, tokenize)
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
 
 
@@ -84,6 +84,36 @@ def test_batches_pad_dynamically_and_reshuffle_per_epoch(bert_tok):
     resumed = list(batches(data, 8, seed=0, epoch=0, start=2))
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(epoch0[2:], resumed))
     assert sum(len(b["labels"]) for b in eval_batches(data, 8)) == 36
+
+
+def _lengths_dataset(n: int, seed: int = 0) -> TokenizedDataset:
+    """n examples of random lengths 1..60 whose first token is their index (so batches say who is in them)."""
+    lengths = torch.randint(1, 61, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    features = [{"input_ids": [i] + [7] * (k - 1), "attention_mask": [1] * k, "labels": i % 2}
+                for i, k in enumerate(lengths)]
+    return TokenizedDataset("classification", features, 0)
+
+
+def test_length_grouped_batches_see_every_example_once_with_less_padding():
+    data = _lengths_dataset(1000)
+    plain = list(batches(data, 32, seed=3, epoch=1))
+    grouped = list(batches(data, 32, seed=3, epoch=1, group_by_length=True))
+    ids = [row[0].item() for b in grouped for row in b["input_ids"]]
+    assert sorted(ids) == list(range(1000))  # a permutation: every example once per epoch
+    assert [len(b["labels"]) for b in grouped] == [len(b["labels"]) for b in plain]
+    padded = {name: sum(b["input_ids"].numel() for b in bs) for name, bs in (("plain", plain), ("grouped", grouped))}
+    real = sum(len(f["input_ids"]) for f in data.features)
+    assert padded["grouped"] < 1.2 * real < padded["plain"]  # grouping removes most of the padding
+    # Not sorted over the whole epoch: long and short batches are interleaved.
+    widths = [b["input_ids"].shape[1] for b in grouped[:-1]]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+    # Deterministic in (seed, epoch), different across epochs, and a resume continues the same order.
+    again = list(batches(data, 32, seed=3, epoch=1, group_by_length=True))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped, again))
+    other = [row[0].item() for b in batches(data, 32, seed=3, epoch=2, group_by_length=True) for row in b["input_ids"]]
+    assert other != ids
+    resumed = list(batches(data, 32, seed=3, epoch=1, start=5, group_by_length=True))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped[5:], resumed))
 
 
 def test_causal_lm_batches_mask_padding_in_labels(llama_tok):
