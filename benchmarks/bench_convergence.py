@@ -1,10 +1,10 @@
 """Convergence: gossip modes against the parameter server and centralized LoRA, on SST-2 with MiniLM-L6.
 
 Every method is a real `declora simulate` run (peer processes over loopback ZeroMQ), one at a time, with the same
-model, data split, learning rates (the one-process calibration's lr 2e-3, head 5e-3; the run defaults have since
-become the demo's 4e-3 / 1e-2: --lr, --head-lr), cosine schedule and total number
-of training samples: N peers x K local steps of 32 per round (the centralized reference takes N x K steps per round
-on the union of the shards). Per round it reports:
+model, data split, learning rates (the run defaults, the demo's lr 4e-3 and head lr 1e-2: --lr, --head-lr), cosine
+schedule, length-grouped batches (--group-by-length: 2.8x cheaper MiniLM steps on SST-2, which is what lets the full
+suite fit in 2 hours on 2 cores) and total number of training samples: N peers x K local steps of 32 per round (the
+centralized reference takes N x K steps of 32 per round on the union of the shards). Per round it reports:
 
 - the dev accuracy of the average model: base + mean over peers of (merged delta + s B A) per module, head averaged
   (declora.average_model, read from the peers' per-round checkpoints, kept with --keep-checkpoints 0 and deleted
@@ -21,26 +21,25 @@ need equal ranks and are skipped there; zeropad at equal ranks is gossip exactly
 Codecs fp32, int8, int4, int4 + error feedback on the best decentralized method of the r=8 runs. Dirichlet 0.5
 partitions, IID for a subset.
 
-Presets:
+Presets (the order of the runs puts the most telling first, and the JSON is rewritten after every run, so a suite
+cut short keeps what it measured; --resume continues it):
   --quick  4 peers, 4 rounds x 5 local steps (80 steps of 32 per method), eval on the first 256 dev examples, and
-           only centralized, gossip ring, svd, server fedit, server flora, and int4 + error feedback on the better of
-           gossip ring and svd. Cuts: 8 peers, exp, stack, zeropad, flexlora, heterogeneous ranks, int8/int4, IID;
-           and 80 steps of 32 are far too few to decide the goals (one example of 256 is 0.4 point; the standard
-           error of an accuracy is ~2.3 points). Measured (7.5 min, load ~4): centralized reaches 80 %, but each
-           peer has taken only 20 steps, and gossip and svd peers still predict the majority class (51.2 %; so
-           did gossip at lr 4e-3 / head 1e-2); fedit, weighting by data share, is at 68 %. The quick preset is a
-           smoke test of the whole pipeline (processes, bytes, the average model), not a verdict.
-  --full   8 peers, 10 rounds x 5 local steps (400 steps of 32: where one process plateaus, ~84 %; but only 50 per
-           peer), the whole dev set (872), peers evaluate every 5 rounds, every method above: 20 runs, about 2.2 h
-           on 2 idle cores (printed at start; --dry-run prints the plan and the estimate only). `--rounds 30` (150
-           steps per peer, what the demo needed to reach 80-82 % with 4 peers) takes about 6 h here.
+           only centralized, gossip ring, svd, int4 + error feedback on the better of gossip ring and svd, server
+           fedit and flora. 20 steps per peer are far too few to decide the goals (gossip peers may still predict
+           the majority class): the quick preset is a smoke test of the whole pipeline (processes, bytes, the
+           average model), not a verdict. Under 10 minutes.
+  --full   8 peers, 20 rounds x 8 local steps (160 steps of 32 per peer, 1,280 per method, 41k samples = 0.6 epoch),
+           the whole dev set (872); the average model evaluated after round 1 and every 2 rounds, the peers at the
+           end. 19 runs: r=8 centralized, gossip ring, svd, stack, gossip exp; int8, int4, int4 + EF on the best of
+           those; server fedit, flora, flexlora; heterogeneous ranks zeropad, svd, stack, flora, flexlora; IID
+           centralized, gossip ring, fedit. About 2 h on 2 idle cores (--dry-run prints the plan and the estimate).
 
 Partial or changed runs (--only, --rounds, --lr, --head-lr, --model) write bench_convergence_<preset>_<tag> files
 (--tag, default 'custom'), never the preset's own; --replot redraws plots, table and goals from a preset's JSON.
 
 The eval subset of --quick is a file of the first N dev examples passed as --eval-data, so the peers' evaluations
-(every round and the last) and the average model's use the same examples. (Not --eval-samples: peer.py slices the
-tokenized eval set with [:n], which TokenizedDataset does not support, so a peer dies at its first subset eval.)
+(every round and the last) and the average model's use the same examples (--eval-samples would give the peers the
+whole set at the last round only).
 
 Writes benchmarks/results/bench_convergence_<preset>.json (per run, per round), bench_convergence_<preset>.png
 (average-model accuracy per round), bench_convergence_<preset>_bytes.png (accuracy against MB sent per peer) and,
@@ -75,7 +74,7 @@ LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); one process alone wou
 GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
 SERVER_METHODS = ("fedit", "flora", "flexlora")
 EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit")
-LABELS = {"centralized": "centralized", "gossip-ring": "gossip ring", "gossip-exp": "gossip exp",
+LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32", "gossip-ring": "gossip ring", "gossip-exp": "gossip exp",
           "stack": "stack (ring)", "svd": "svd (ring)", "zeropad": "zeropad (ring)", "fedit": "server fedit",
           "flora": "server flora", "flexlora": "server flexlora"}
 
@@ -127,6 +126,8 @@ class Spec:
     def flags(self) -> list[str]:
         if self.method == "centralized":
             what = ["--mode", "centralized"]
+        elif self.method == "centralized-large-batch":
+            what = ["--mode", "centralized"]  # the batch and step flags come from simulate(), which knows the preset
         elif self.method in SERVER_METHODS:
             what = ["--server", self.method]
         elif self.method.startswith("gossip-"):
@@ -153,6 +154,9 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
     rest = [Spec(m) for m in ("fedit", "flora", "flexlora")]
     rest += [Spec(m, ranks=het, group="heterogeneous") for m in ("zeropad", "svd", "stack", "flora", "flexlora")]
     rest += [Spec(m, partition="iid", group="iid") for m in ("centralized", "gossip-ring", "fedit")]
+    # What perfect averaging would give: one process taking a peer's number of steps with the N peers' batches
+    # merged into one (the same samples). Gossip's average model at best behaves like this, not like N x more steps.
+    rest += [Spec("centralized-large-batch")]
     return first, rest
 
 
@@ -166,8 +170,8 @@ def codec_specs(preset: Preset, best: str) -> list[Spec]:
 def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int) -> float:
     n, r, k = preset.peers, preset.rounds, preset.local_steps
     train = n * k * r * STEP_CORE_S
-    if spec.method == "centralized":
-        core_s = START_CORE_S + train + r * eval_examples * EVAL_CORE_S_PER_EXAMPLE
+    if spec.method.startswith("centralized"):
+        core_s = START_CORE_S + train + len(avg_eval_rounds(preset)) * eval_examples * EVAL_CORE_S_PER_EXAMPLE
     else:
         peer_evals = len(peer_eval_rounds(preset))
         core_s = (START_CORE_S * n + (3.0 if spec.method in SERVER_METHODS else 0.0) + train
@@ -215,7 +219,8 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
     if out.exists():
         shutil.rmtree(out)  # a fresh run: old checkpoints or metrics would mix into this one
     out.mkdir(parents=True)
-    every = preset.avg_eval_every if spec.method == "centralized" else preset.peer_eval_every
+    central = spec.method.startswith("centralized")
+    every = preset.avg_eval_every if central else preset.peer_eval_every
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
@@ -224,6 +229,8 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
         cmd += ["--eval-data", str(eval_file)]
     if model:
         cmd += ["--model", model]
+    if spec.method == "centralized-large-batch":  # later flags win: 1 shard = all data, batch N x 32, K steps
+        cmd += ["--peers", "1", "--batch-size", str(32 * preset.peers)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()
     with open(out / "simulate.log", "w") as log:
@@ -244,7 +251,8 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     server = read_jsonl(out / "metrics" / "server.jsonl") if (out / "metrics" / "server.jsonl").exists() else []
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     server_by_round = {r["round"]: r for r in server}
-    kept = set(common_rounds(out)) & set(avg_eval_rounds(preset)) if spec.method != "centralized" else set()
+    central = spec.method.startswith("centralized")
+    kept = set(common_rounds(out)) & set(avg_eval_rounds(preset)) if not central else set()
     rounds, sent_cum, per_process = [], 0.0, {}
     for t in range(preset.rounds):
         recs = [rs[t] for rs in per_peer.values() if len(rs) > t and rs[t].get("round") == t]
@@ -270,7 +278,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             per_process[who] = per_process.get(who, 0) + nbytes
         row["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in recs)
         row["round_seconds_mean"] = sum(r.get("round_seconds", 0.0) for r in recs) / len(recs)
-        if spec.method == "centralized":
+        if central:
             if accs:
                 row["avg_model"] = {"accuracy": accs[0], "loss": recs[0].get("eval_loss")}
         elif t in kept and avg_model is not None:
@@ -319,7 +327,7 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
         return record
     record["checkpoint_disk_mb"] = checkpoint_disk_mb(out)
     avg_model = None
-    if spec.method != "centralized":
+    if not spec.method.startswith("centralized"):
         avg_model = average_model_for(out, state)
     started = time.time()
     record.update(collect(spec, preset, out, avg_model))
@@ -584,8 +592,8 @@ def wait_for_load(limit: float, max_wait_s: float) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--quick", action="store_true", help="4 peers, 4 rounds, 6 methods, 256 dev examples (<10 min)")
-    which.add_argument("--full", action="store_true", help="8 peers, 10 rounds, every method (~2.2 h on 2 cores)")
+    which.add_argument("--quick", action="store_true", help="4 peers, 4 rounds, 6 runs, 256 dev examples (<10 min)")
+    which.add_argument("--full", action="store_true", help="8 peers, 20 rounds x 8 steps, 19 runs (~2 h on 2 cores)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
     p.add_argument("--only", default="", help="comma-separated run names or methods to run (e.g. svd,fedit)")
     p.add_argument("--wait-for-load", type=float, default=0.0,
