@@ -22,6 +22,7 @@ MODES = ("gossip", "stack", "svd", "zeropad", "centralized")
 SERVER_AGGREGATIONS = ("fedit", "flora", "flexlora", "zeropad")
 CODECS = ("fp32", "fp16", "bf16", "int8", "int4")
 MIXING_RULES = ("metropolis", "maxdegree", "laplacian")
+DEFAULT_RANK = 8  # LoRA rank when neither --ranks nor the topology file gives one
 
 
 def _opt(default, help: str, **extra):
@@ -50,7 +51,8 @@ class RunConfig:
     stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
     error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
     # The adapter.
-    ranks: str = _opt("8", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4)")
+    ranks: str = _opt("", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4); empty = the "
+                          "topology file's per-node 'rank' where it gives one, else 8")
     alpha: float = _opt(16.0, "LoRA alpha (scaling alpha/r)")
     rslora: bool = _opt(False, "rank-stabilized scaling alpha/sqrt(r)")
     # Training.
@@ -99,10 +101,33 @@ class RunConfig:
 
     # ---- derived values -----------------------------------------------------------------------------------------
     def rank_list(self) -> list[int]:
+        """Every peer's LoRA rank: --ranks when given (it wins over a topology file), else the topology file's
+        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all."""
         values = [int(v) for v in str(self.ranks).split(",") if v.strip()]
+        if not values:
+            return self.topology_file_ranks() or [DEFAULT_RANK] * self.peers
         if len(values) == 1:
             return values * self.peers
         return values
+
+    def topology_file_ranks(self) -> list[int] | None:
+        """The ranks a topology file's nodes carry (None: not a file, unreadable, or no node has a rank; a bad file
+        is reported by the topology check, with its own message)."""
+        if not Path(self.topology).is_file():
+            return None
+        from .topology import TopologyError, load_topology_file
+
+        try:
+            nodes = load_topology_file(self.topology).nodes
+        except TopologyError:
+            return None
+        if all(node.rank is None for node in nodes):
+            return None
+        return [node.rank or DEFAULT_RANK for node in nodes]
+
+    def ranks_origin(self) -> str:
+        return "--ranks" if str(self.ranks).strip() else (
+            f"the 'rank' of the nodes in {self.topology}" if self.topology_file_ranks() else "the default rank")
 
     def topology_spec(self) -> str:
         spec = self.topology
@@ -145,14 +170,17 @@ def validate(cfg: RunConfig) -> RunConfig:
         ranks = cfg.rank_list()
     except ValueError:
         raise ConfigError(f"--ranks must be integers like 8 or 8,8,4,4, got {cfg.ranks!r}") from None
-    need(len(ranks) == cfg.peers, f"--ranks lists {len(ranks)} values for {cfg.peers} peers; give one value or one per peer")
+    need(len(ranks) == cfg.peers, f"{cfg.ranks_origin()} gives {len(ranks)} ranks for {cfg.peers} peers; give one value "
+                                  f"or one per peer (--ranks)")
     need(all(r >= 1 for r in ranks), f"--ranks must all be >= 1, got {cfg.ranks!r}")
     if cfg.mode == "gossip" and not cfg.server:
-        need(len(set(ranks)) == 1, "gossip averages A and B, so ranks must match; use --mode svd, stack or zeropad "
-                                   "for heterogeneous ranks")
+        need(len(set(ranks)) == 1, f"gossip averages A and B, so ranks must match, but {cfg.ranks_origin()} gives "
+                                   f"{','.join(map(str, ranks))}; use --mode svd, stack or zeropad for heterogeneous "
+                                   f"ranks, or one --ranks value")
     if cfg.server == "fedit":
-        need(len(set(ranks)) == 1, "--server fedit averages A and B, so ranks must match; use flora, flexlora or "
-                                   "zeropad for heterogeneous ranks")
+        need(len(set(ranks)) == 1, f"--server fedit averages A and B, so ranks must match, but {cfg.ranks_origin()} "
+                                   f"gives {','.join(map(str, ranks))}; use flora, flexlora or zeropad for "
+                                   f"heterogeneous ranks")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")
