@@ -74,12 +74,13 @@ def test_peers_started_by_hand_from_a_topology_file(tmp_path):
     out = tmp_path / "run"
     base = free_port_block(3)
     topo = tmp_path / "triangle.toml"
-    topo.write_text("nodes = [\n" + "".join(f'  {{ id = {i}, host = "127.0.0.1", port = {base + i} }},\n'
-                                           for i in range(3)) + "]\nedges = [[0, 1], [1, 2], [0, 2]]\n")
+    ranks = [4, 2, 2]  # from the file's nodes: the config gives no --ranks
+    topo.write_text("nodes = [\n" + "".join(f'  {{ id = {i}, host = "127.0.0.1", port = {base + i}, rank = {r} }},\n'
+                                           for i, r in enumerate(ranks)) + "]\nedges = [[0, 1], [1, 2], [0, 2]]\n")
     args = run_args(tmp_path, out)
     args[args.index("--peers") + 1] = "3"
     config = tmp_path / "run.toml"
-    config.write_text(f'topology = "{topo}"\nmode = "svd"\nranks = [4, 2, 2]\n')
+    config.write_text(f'topology = "{topo}"\nmode = "svd"\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "declora.cli", "peer", "--config", str(config),
                                "--peer-id", str(i), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -88,3 +89,5 @@ def test_peers_started_by_hand_from_a_topology_file(tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     for peer in range(3):
         assert [r["neighbours_heard"] for r in records(out, peer)] == [2, 2]
+        log = "".join(f.read_text() for f in (out / "logs").glob(f"peer-{peer}*")) + outputs[peer]
+        assert f"rank {ranks[peer]}," in log, log[-2000:]
