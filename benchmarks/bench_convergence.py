@@ -111,13 +111,14 @@ class Spec:
     error_feedback: bool = False
     partition: str = "dirichlet:0.5"
     group: str = "r=8"
+    seed: int = 0  # the run's --seed (split, init, batches); a repeat with another seed measures run-to-run spread
 
     @property
     def name(self) -> str:
         ranks = "r" + self.ranks if "," not in self.ranks else "rhet"
         codec = self.codec + ("+ef" if self.error_feedback else "")
         part = self.partition.replace("dirichlet:", "dir").replace(":", "")
-        return f"{self.method}-{ranks}-{codec}-{part}"
+        return f"{self.method}-{ranks}-{codec}-{part}" + (f"-seed{self.seed}" if self.seed else "")
 
     @property
     def codec_label(self) -> str:
@@ -161,9 +162,12 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
 
 
 def codec_specs(preset: Preset, best: str) -> list[Spec]:
+    """The codecs on the best decentralized method; in --full also its fp32 run again with another seed, because a
+    codec's effect on accuracy means something only next to the spread between two fp32 runs."""
     quick = preset.name.startswith("quick")
-    variants = [("int4", True)] if quick else [("int8", False), ("int4", False), ("int4", True)]
-    return [Spec(best, codec=c, error_feedback=ef, group="codecs") for c, ef in variants]
+    variants = [("int4", True, 0)] if quick else [("int8", False, 0), ("int4", False, 0), ("int4", True, 0),
+                                                  ("fp32", False, 1)]
+    return [Spec(best, codec=c, error_feedback=ef, seed=sd, group="codecs") for c, ef, sd in variants]
 
 
 # ---- time estimate ------------------------------------------------------------------------------------------------
@@ -224,7 +228,7 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
-           "--no-save-adapters", "--group-by-length", "--seed", "0", *spec.flags()]
+           "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), *spec.flags()]
     if eval_file is not None:
         cmd += ["--eval-data", str(eval_file)]
     if model:
@@ -318,7 +322,8 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
           flush=True)
     ran = simulate(spec, preset, out, eval_file, timeout_s=max(900.0, 5 * estimate), model=args.model,
                    lr=args.lr, head_lr=args.head_lr)
-    record = {"spec": asdict(spec), "name": spec.name, "label": LABELS[spec.method], **ran,
+    record = {"spec": asdict(spec), "name": spec.name,
+              "label": LABELS[spec.method] + (f" (seed {spec.seed})" if spec.seed else ""), **ran,
               "status": "ok" if ran["returncode"] == 0 else "failed", "run_dir": str(out.relative_to(ROOT))}
     if ran["returncode"] != 0:
         log = out / "simulate.log"
@@ -360,11 +365,12 @@ def fmt_pct(x) -> str:
 
 
 def by(records: list[dict], method: str, group: str | None = None, codec: str = "fp32", ef: bool = False,
-       partition: str = "dirichlet:0.5") -> dict | None:
+       partition: str = "dirichlet:0.5", seed: int = 0) -> dict | None:
     for r in records:
         s = r["spec"]
         if (r["status"] == "ok" and s["method"] == method and (group is None or s["group"] == group)
-                and s["codec"] == codec and s["error_feedback"] == ef and s["partition"] == partition):
+                and s["codec"] == codec and s["error_feedback"] == ef and s["partition"] == partition
+                and s.get("seed", 0) == seed):
             return r
     return None
 
@@ -409,6 +415,14 @@ def goal_checks(records: list[dict], preset: Preset, eval_n: int, majority: floa
     else:
         add(g1, None, "not measured (a run is missing or failed)")
 
+    large = by(records, "centralized-large-batch")
+    if large and best:
+        b_acc = by(records, best, "r=8")["final"]["avg_model_accuracy"]
+        l_acc = large["final"]["avg_model_accuracy"]
+        add("(context) centralized with the peers' batches merged (batch N x 32, a peer's number of steps)", None,
+            f"{fmt_pct(l_acc)}: what perfect averaging of the peers' gradients would reach with the same samples; "
+            f"{LABELS[best]} is {100 * (b_acc - l_acc):+.2f} pt from it")
+
     g2 = "heterogeneous ranks: svd and stack at least 1 pt above zeropad"
     zp = by(records, "zeropad", "heterogeneous")
     if zp:
@@ -449,6 +463,12 @@ def goal_checks(records: list[dict], preset: Preset, eval_n: int, majority: floa
             detail += (f"; both still predict the majority class ({fmt_pct(majority)} %), so the accuracy part "
                        f"says nothing")
         add(goal, held, detail)
+    repeat = by(records, codec_method, "codecs", seed=1) if codec_method else None
+    if base and repeat:
+        d = 100 * (repeat["final"]["avg_model_accuracy"] - base["final"]["avg_model_accuracy"])
+        add("(context) run-to-run spread: fp32 again with seed 1", None,
+            f"{fmt_pct(repeat['final']['avg_model_accuracy'])} ({d:+.2f} pt vs seed 0): codec differences smaller "
+            f"than this are not resolved by one run each")
     plain4 = by(records, codec_method, "codecs", codec="int4") if codec_method else None
     if base and plain4:
         d = 100 * (plain4["final"]["avg_model_accuracy"] - base["final"]["avg_model_accuracy"])
