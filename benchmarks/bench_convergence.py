@@ -717,6 +717,11 @@ def finished_runs(preset: Preset) -> dict[str, dict]:
     return {r["name"]: r for r in data["runs"] if r["status"] == "ok"}
 
 
+def suite_wall_s(records: list[dict]) -> float:
+    """Wall time of every run plus its average-model evaluation, whichever invocation (--resume) ran it."""
+    return sum(r.get("wall_s_outer", 0.0) + r.get("avg_model_eval_wall_s", 0.0) for r in records)
+
+
 def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path | None, majority: float,
          load_before: list[float], total_est: float, started: float, partial: bool) -> tuple[Path, list[dict]]:
     goals = goal_checks(records, preset, eval_n, majority)
@@ -729,7 +734,7 @@ def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path
                   "alpha": 16.0, "max_length": 64, "group_by_length": True,
                   "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
         "majority_class_accuracy": majority, "best_decentralized_method": best_decentralized(records),
-        "total_wall_s": time.time() - started, "load_average_before": load_before,
+        "total_wall_s": time.time() - started, "suite_wall_s": suite_wall_s(records), "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()), "estimated_s": total_est,
         "runs": records, "goals": goals, "plots": [str(p.relative_to(ROOT)) for p in plots],
     }
@@ -744,7 +749,7 @@ def replot(preset: Preset) -> int:
     data["majority_class_accuracy"] = majority = majority_accuracy(eval_file)
     goals = goal_checks(records, preset, eval_n, majority)
     plots = plot(records, preset)
-    data.update(goals=goals, plots=[str(p.relative_to(ROOT)) for p in plots])
+    data.update(goals=goals, plots=[str(p.relative_to(ROOT)) for p in plots], suite_wall_s=suite_wall_s(records))
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(markdown_table(records))
     print()
