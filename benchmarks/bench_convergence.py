@@ -74,8 +74,8 @@ LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); one process alone wou
 GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
 SERVER_METHODS = ("fedit", "flora", "flexlora")
 EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit")
-LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32", "gossip-ring": "gossip ring", "gossip-exp": "gossip exp",
-          "stack": "stack (ring)", "svd": "svd (ring)", "zeropad": "zeropad (ring)", "fedit": "server fedit",
+LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32",
+          "gossip-ring": "gossip ring", "gossip-exp": "gossip exp", "stack": "stack (ring)", "svd": "svd (ring)", "zeropad": "zeropad (ring)", "fedit": "server fedit",
           "flora": "server flora", "flexlora": "server flexlora"}
 
 # Cost model for the time estimate, in core-seconds on this machine (2 cores; measured with 1 torch thread per
@@ -124,11 +124,17 @@ class Spec:
     def codec_label(self) -> str:
         return self.codec + (" + EF" if self.error_feedback else "")
 
-    def flags(self) -> list[str]:
+    @property
+    def centralized(self) -> bool:
+        """One process, no peers: its own evaluation is the average model's."""
+        return self.method.startswith("centralized")
+
+    def flags(self, peers: int) -> list[str]:
+        """The simulate flags of this run; they come after the preset's, so they win (argparse: the last one)."""
         if self.method == "centralized":
             what = ["--mode", "centralized"]
-        elif self.method == "centralized-large-batch":
-            what = ["--mode", "centralized"]  # the batch and step flags come from simulate(), which knows the preset
+        elif self.method == "centralized-large-batch":  # 1 shard = all the data, batch peers x 32, a peer's steps
+            what = ["--mode", "centralized", "--peers", "1", "--batch-size", str(32 * peers)]
         elif self.method in SERVER_METHODS:
             what = ["--server", self.method]
         elif self.method.startswith("gossip-"):
@@ -174,7 +180,7 @@ def codec_specs(preset: Preset, best: str) -> list[Spec]:
 def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int) -> float:
     n, r, k = preset.peers, preset.rounds, preset.local_steps
     train = n * k * r * STEP_CORE_S
-    if spec.method.startswith("centralized"):
+    if spec.centralized:
         core_s = START_CORE_S + train + len(avg_eval_rounds(preset)) * eval_examples * EVAL_CORE_S_PER_EXAMPLE
     else:
         peer_evals = len(peer_eval_rounds(preset))
@@ -223,18 +229,15 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
     if out.exists():
         shutil.rmtree(out)  # a fresh run: old checkpoints or metrics would mix into this one
     out.mkdir(parents=True)
-    central = spec.method.startswith("centralized")
-    every = preset.avg_eval_every if central else preset.peer_eval_every
+    every = preset.avg_eval_every if spec.centralized else preset.peer_eval_every
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
-           "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), *spec.flags()]
+           "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), *spec.flags(preset.peers)]
     if eval_file is not None:
         cmd += ["--eval-data", str(eval_file)]
     if model:
         cmd += ["--model", model]
-    if spec.method == "centralized-large-batch":  # later flags win: 1 shard = all data, batch N x 32, K steps
-        cmd += ["--peers", "1", "--batch-size", str(32 * preset.peers)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.time()
     with open(out / "simulate.log", "w") as log:
@@ -255,8 +258,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     server = read_jsonl(out / "metrics" / "server.jsonl") if (out / "metrics" / "server.jsonl").exists() else []
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     server_by_round = {r["round"]: r for r in server}
-    central = spec.method.startswith("centralized")
-    kept = set(common_rounds(out)) & set(avg_eval_rounds(preset)) if not central else set()
+    kept = set(common_rounds(out)) & set(avg_eval_rounds(preset)) if not spec.centralized else set()
     rounds, sent_cum, per_process = [], 0.0, {}
     for t in range(preset.rounds):
         recs = [rs[t] for rs in per_peer.values() if len(rs) > t and rs[t].get("round") == t]
@@ -282,7 +284,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             per_process[who] = per_process.get(who, 0) + nbytes
         row["elapsed_s"] = max(r.get("elapsed_s", 0.0) for r in recs)
         row["round_seconds_mean"] = sum(r.get("round_seconds", 0.0) for r in recs) / len(recs)
-        if central:
+        if spec.centralized:
             if accs:
                 row["avg_model"] = {"accuracy": accs[0], "loss": recs[0].get("eval_loss")}
         elif t in kept and avg_model is not None:
@@ -332,7 +334,7 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
         return record
     record["checkpoint_disk_mb"] = checkpoint_disk_mb(out)
     avg_model = None
-    if not spec.method.startswith("centralized"):
+    if not spec.centralized:
         avg_model = average_model_for(out, state)
     started = time.time()
     record.update(collect(spec, preset, out, avg_model))
@@ -572,13 +574,7 @@ def plot(records: list[dict], preset: Preset) -> list[Path]:
             ax.set_title(f"{g} ({preset.peers} peers)")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("dev accuracy of the average model (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = RESULTS / f"bench_convergence_{preset.name}{suffix}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, axes[0], f"bench_convergence_{preset.name}{suffix}.png"))
 
     drift = [r for r in ok if r["spec"]["method"] in ("stack", "svd")]
     if {r["spec"]["method"] for r in drift} == {"stack", "svd"}:
@@ -589,14 +585,22 @@ def plot(records: list[dict], preset: Preset) -> list[Path]:
                 ax.semilogy(*zip(*pts), marker="o", label=f"{r['label']} r={r['spec']['ranks']}")
         ax.set_xlabel("round")
         ax.set_ylabel("peers' spread around the average\n(1/n) sum ||dW_i - mean dW||^2")
+        written.append(save_figure(fig, [ax], f"bench_convergence_{preset.name}_drift.png"))
+    return written
+
+
+def save_figure(fig, axes, name: str) -> Path:
+    """Grid and legend on every panel, then write results/<name> and free the figure."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = RESULTS / f"bench_convergence_{preset.name}_drift.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ---- main ---------------------------------------------------------------------------------------------------------
