@@ -51,7 +51,6 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
             train_stats = trainer.train_steps(cfg.local_steps)
 
             mine = read_adapter(model)
-            sent_before = transport.counters()["bytes_sent_total"]
             got = links.exchange(transport, t, sender.encode(mine), len(trainer.dataset), cfg.deadline_s, layout)
             delta = apply_mixing(cfg, model, trainer, mine, got, peer_id, rank)
             if delta is not None:
@@ -61,7 +60,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
                       "train_samples": train_stats["samples"], "neighbours_heard": len(got.adapters),
                       "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
-                      "bytes_sent": transport.counters()["bytes_sent_total"] - sent_before,
+                      "bytes_sent": got.bytes_sent,
                       "bytes_received": got.bytes_received, "wait_seconds": got.waited_s}
             record.update(evaluate_if_due(cfg, model, eval_set, task, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
@@ -95,6 +94,7 @@ class Received:
     missing: list[int]
     bytes_received: int
     waited_s: float
+    bytes_sent: int
     distance: float = 0.0
 
 
@@ -138,8 +138,10 @@ class Links:
             # A client sends its update (with its sample count: the server weighs by data share) and waits for
             # the aggregate.
             server = self.neighbours[0]
-            transport.send(server, make_message(Kind.UPDATE, self.peer_id, t, tensors, body={"samples": samples}))
+            update = make_message(Kind.UPDATE, self.peer_id, t, tensors, body={"samples": samples})
+            sent = update.nbytes if transport.send(server, update) else 0
             result = transport.collect(t, Kind.AGGREGATE, {server}, deadline_s)
+            result.bytes_sent = sent
             weights = {}
         else:
             result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, tensors), deadline_s)
@@ -147,7 +149,7 @@ class Links:
         if not self.cfg.server:
             weights = renormalize_row(self.row, self.peer_id, heard=set(adapters))
         return Received(adapters, weights, list(result.missing), sum(m.nbytes for m in result.received.values()),
-                        result.waited_s)
+                        result.waited_s, result.bytes_sent)
 
 
 def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, peer_id: int,
@@ -241,6 +243,9 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
     log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)
     steps_per_round = cfg.local_steps * n_shards if union else cfg.local_steps  # centralized: the same compute
     trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=cfg.seed * 1000 + peer_id)
+    # Dropout draws from torch's global generator, which torch seeds at random in every new process: seed it, so
+    # that the same config gives the same run.
+    torch.manual_seed(cfg.seed * 1000 + peer_id)
     return model, tokenizer, trainer, work.eval, work.task
 
 

@@ -77,7 +77,7 @@ def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
                     samples[j] = _sample_count(message)
                 except ProtocolError as e:
                     log.warning("dropped round %d update from client %d: %s", t, j, e)
-            sent_before = transport.counters()["bytes_sent_total"]
+            bytes_out = 0
             if updates:
                 replies = aggregate_updates(cfg.server, updates, samples, cfg.alpha, cfg.rslora)
                 encoded: dict[int, object] = {}  # one encoding per distinct reply (fedit/flora: one for all)
@@ -89,10 +89,11 @@ def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
                         tensors, _ = encode_adapter(reply, cfg.codec, block_size=cfg.block_size,
                                                     stochastic=cfg.stochastic_rounding, return_decoded=False)
                         encoded[id(reply)] = make_message(Kind.AGGREGATE, me, t, tensors)
-                    transport.send(j, encoded[id(reply)])
+                    if transport.send(j, encoded[id(reply)]):
+                        bytes_out += encoded[id(reply)].nbytes
             record = {"round": t, "clients_heard": len(updates), "clients_missing": sorted(result.missing),
                       "bytes_in": sum(m.nbytes for m in result.received.values()),
-                      "bytes_out": transport.counters()["bytes_sent_total"] - sent_before,
+                      "bytes_out": bytes_out,
                       "round_seconds": time.time() - started}
             metrics.write(record)
             log.info("round %d: %d updates in (%.2f MB), %.2f MB out", t, len(updates), record["bytes_in"] / 1e6,

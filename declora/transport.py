@@ -70,6 +70,7 @@ class RoundResult:
     received: dict[int, Message]
     missing: list[int]
     waited_s: float
+    bytes_sent: int = 0  # this round's own message, once per neighbour it was handed to (no heartbeats)
 
 
 class _DropLog:
@@ -217,8 +218,10 @@ class Transport:
         """Send this round's message to every live neighbour, then collect theirs (same kind and round)."""
         if message.round != round:
             raise ValueError(f"message is for round {message.round}, not {round}")
-        self.broadcast(message)
-        return self.collect(round, message.kind, set(self.neighbours), deadline_s)
+        sent = self.broadcast(message)
+        result = self.collect(round, message.kind, set(self.neighbours), deadline_s)
+        result.bytes_sent = message.nbytes * sum(sent.values())
+        return result
 
     def _advance_floor(self, kind: Kind, floor: int) -> None:
         """Rounds below `floor` are over: drop what is buffered for them, and anything too far ahead (lock held)."""
