@@ -12,7 +12,7 @@ import json
 import socket
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from declora.config import ConfigError, RunConfig
 
 ADDRESSES_FILE = "addresses.json"
 

@@ -36,10 +36,10 @@ from typing import Sequence
 
 import torch
 
-from . import aggregate
-from .checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
-from .config import RunConfig, load_run_config
-from .factors import Adapter
+from declora import aggregate
+from declora.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
+from declora.config import RunConfig, load_run_config
+from declora.factors import Adapter
 
 # A tensor's effective delta is formed in float64: spreads are small differences of large quantities.
 WORK_DTYPE = torch.float64
@@ -166,8 +166,8 @@ class AverageModel:
     """
 
     def __init__(self, cfg: RunConfig, device: str | torch.device = "cpu", eval_limit: int = 0):
-        from .adapter import build_model, lora_layers
-        from .workload import load_workload, model_spec
+        from declora.adapter import build_model, lora_layers
+        from declora.workload import load_workload, model_spec
 
         self.spec = model_spec(cfg)
         self.eval_source = _eval_source(cfg)
@@ -188,7 +188,7 @@ class AverageModel:
 
     def compatible(self, cfg: RunConfig) -> bool:
         """Whether this object can evaluate a run of `cfg`: same model, modules, eval set and tokenization."""
-        from .workload import model_spec
+        from declora.workload import model_spec
 
         return (model_spec(cfg) == self.spec and _eval_source(cfg) == self.eval_source
                 and cfg.max_length == self.cfg.max_length and cfg.alpha == self.cfg.alpha
@@ -196,7 +196,7 @@ class AverageModel:
 
     def load(self, states: Sequence[PeerState]) -> None:
         """Make the model compute as the average of `states`."""
-        from .adapter import merge_delta_and_reset, read_adapter, write_adapter
+        from declora.adapter import merge_delta_and_reset, read_adapter, write_adapter
 
         deltas, dense = mean_delta(states)
         with torch.no_grad():
@@ -210,7 +210,7 @@ class AverageModel:
     def evaluate(self, states: Sequence[PeerState], batch_size: int = 64) -> dict:
         """Eval metrics of the average of `states` (accuracy, loss, samples for classification; loss and
         perplexity for causal LM) plus the spreads."""
-        from .train import evaluate
+        from declora.train import evaluate
 
         self.load(states)
         result = evaluate(self.model, self.eval_set, self.task, batch_size=batch_size)
@@ -246,7 +246,7 @@ def evaluate_average_model(run_dir: str | Path, t: int | None = None, device: st
 
 
 def _eval_source(cfg: RunConfig) -> str:
-    from .workload import data_paths
+    from declora.workload import data_paths
 
     _, dev = data_paths(cfg)
     return str(Path(dev).resolve())

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .metrics import MetricsWriter
+from declora.config import RunConfig
+from declora.metrics import MetricsWriter
 
 log = logging.getLogger("declora.centralized")
 
 
 def run_centralized(cfg: RunConfig, threads: int = 1) -> None:
-    from .adapter import save_adapter
-    from .peer import build_local_learner, evaluate_if_due
+    from declora.adapter import save_adapter
+    from declora.peer import build_local_learner, evaluate_if_due
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)

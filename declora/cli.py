@@ -170,7 +170,7 @@ def _add_keys(sub) -> None:
 
 
 def _run_keys_make(args) -> int:
-    from .security import SecurityError, generate_keys
+    from declora.security import SecurityError, generate_keys
 
     if args.peers is not None:
         if args.peers < 1:
@@ -196,7 +196,7 @@ def _run_keys_make(args) -> int:
 
 # ---- simulate / peer / launch-node / server ---------------------------------------------------------------------------
 def _add_run_commands(sub) -> None:
-    from .config import add_flags, add_peer_flags, add_server_flags
+    from declora.config import add_flags, add_peer_flags, add_server_flags
 
     p = sub.add_parser("simulate", help="run N peer processes on this host (the main job)",
                        description="Start N peer processes on this host that fine-tune with LoRA and gossip over "
@@ -224,7 +224,7 @@ def _add_run_commands(sub) -> None:
 
 
 def _resolved(args):
-    from .config import ConfigError, resolve
+    from declora.config import ConfigError, resolve
 
     try:
         return resolve(args)
@@ -233,7 +233,7 @@ def _resolved(args):
 
 
 def _run_simulate(args) -> int:
-    from .launch import simulate
+    from declora.launch import simulate
 
     cfg = _resolved(args)
     _check_model_available(cfg)
@@ -244,7 +244,7 @@ def _check_model_available(cfg) -> None:
     """Fail once, here, with how to install the default model, rather than once per peer process."""
     if cfg.model:
         return
-    from .adapter import default_model_path
+    from declora.adapter import default_model_path
 
     try:
         default_model_path()
@@ -253,19 +253,19 @@ def _check_model_available(cfg) -> None:
 
 
 def _run_peer(args) -> int:
-    from .peer import main as peer_main
+    from declora.peer import main as peer_main
 
     return peer_main(sys.argv[2:] if args.argv is None else args.argv)
 
 
 def _run_server(args) -> int:
-    from .server import main as server_main
+    from declora.server import main as server_main
 
     return server_main(sys.argv[2:] if args.argv is None else args.argv)
 
 
 def _run_launch_node(args) -> int:
-    from .launch import launch_node
+    from declora.launch import launch_node
 
     cfg = _resolved(args)
     _check_model_available(cfg)

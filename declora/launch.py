@@ -15,10 +15,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .addressbook import free_loopback_ports, write_addresses
-from .checkpoint import common_resume_round
-from .config import RunConfig, write_run_config
-from .metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
+from declora.addressbook import free_loopback_ports, write_addresses
+from declora.checkpoint import common_resume_round
+from declora.config import RunConfig, write_run_config
+from declora.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
 
 POLL_S = 0.5
 
@@ -196,7 +196,7 @@ def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> in
     extra = {"status": "ok" if status == 0 else "failed"}
     server_metrics = run_dir / "metrics" / "server.jsonl"
     if server_metrics.exists():
-        from .metrics import read_jsonl
+        from declora.metrics import read_jsonl
 
         extra["server"] = read_jsonl(server_metrics)
     summary = summarize(cfg.to_json(), per_peer, wall_s, extra)

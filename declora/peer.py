@@ -15,21 +15,21 @@ from pathlib import Path
 
 import torch
 
-from . import aggregate
-from .addressbook import address_book, bind_endpoint
-from .checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig, add_peer_flags, resolve
-from .factors import Adapter
-from .metrics import MetricsWriter
-from .topology import load_topology, mixing_matrix, mixing_row, renormalize_row
+from declora import aggregate
+from declora.addressbook import address_book, bind_endpoint
+from declora.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
+from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
+from declora.factors import Adapter
+from declora.metrics import MetricsWriter
+from declora.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 
 log = logging.getLogger("declora.peer")
 
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
 def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int | None = None) -> None:
-    from .adapter import read_adapter
-    from .wire import AdapterSender
+    from declora.adapter import read_adapter
+    from declora.wire import AdapterSender
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)
@@ -77,7 +77,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
 def save_result(model, tokenizer, out_dir: Path, base_changed: bool) -> None:
     """The adapter (loadable with PeftModel.from_pretrained on the original base) or, once rounds have merged deltas
     into the base (stack, flora), the whole merged model: the adapter alone would no longer match any base on disk."""
-    from .adapter import save_adapter, save_merged_model
+    from declora.adapter import save_adapter, save_merged_model
 
     if base_changed:
         save_merged_model(model, tokenizer, out_dir)
@@ -123,7 +123,7 @@ class Links:
     def inbound_layout(self, mine: Adapter):
         """What a neighbour's message must look like: our modules and dense tensors; gossip needs our rank, the
         exact modes any rank up to the largest; a server's FLoRA stack is as wide as all ranks together."""
-        from .protocol import AdapterLayout
+        from declora.protocol import AdapterLayout
 
         ranks = self.cfg.rank_list()
         if self.cfg.server:
@@ -131,8 +131,8 @@ class Links:
         return AdapterLayout.from_adapter(mine, max_rank=max(ranks), equal_rank=self.cfg.mode == "gossip")
 
     def exchange(self, transport, t: int, tensors, samples: int, deadline_s: float, layout) -> Received:
-        from .protocol import Kind, make_message
-        from .wire import decode_received
+        from declora.protocol import Kind, make_message
+        from declora.wire import decode_received
 
         if self.cfg.server:
             # A client sends its update (with its sample count: the server weighs by data share) and waits for
@@ -157,7 +157,7 @@ def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, p
     """Put the round's result into the model: the mix of this peer's exact adapter with the neighbours' decoded
     ones, or the server's aggregate. Returns the dense delta merged into the base weights (stack, flora), else None.
     """
-    from .adapter import write_adapter
+    from declora.adapter import write_adapter
 
     if cfg.server:
         if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
@@ -187,7 +187,7 @@ def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, p
 
 def merge_stack(cfg: RunConfig, model, trainer, stacked: Adapter, peer_id: int, rank: int) -> dict[str, torch.Tensor]:
     """FLoRA: merge the exact weighted sum of products into the base and start a fresh adapter at our own rank."""
-    from .adapter import merge_delta_and_reset
+    from declora.adapter import merge_delta_and_reset
 
     delta = aggregate.merged_delta(stacked)
     merge_delta_and_reset(model, delta, rank=rank, seed=cfg.seed * 1000 + peer_id)
@@ -203,7 +203,7 @@ def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
 
 def write_dense(model, dense: dict[str, torch.Tensor]) -> None:
     """Put averaged dense tensors (a classifier head) back without touching the fresh LoRA factors."""
-    from .adapter import read_adapter, write_adapter
+    from declora.adapter import read_adapter, write_adapter
 
     current = read_adapter(model)
     current.dense.update(dense)
@@ -211,7 +211,7 @@ def write_dense(model, dense: dict[str, torch.Tensor]) -> None:
 
 
 def evaluate_if_due(cfg: RunConfig, model, eval_set, task: str, t: int) -> dict:
-    from .train import evaluate
+    from declora.train import evaluate
 
     last = t == cfg.rounds - 1
     if not last and (t + 1) % cfg.eval_every:
@@ -232,9 +232,9 @@ def _eval_text(record: dict) -> str:
 # ---- parts the loop wires -------------------------------------------------------------------------------------------
 def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, union: bool = False):
     """The model with a fresh adapter, this peer's share of the data, its trainer, and the eval set."""
-    from .adapter import build_model, pick_device
-    from .train import LocalTrainer
-    from .workload import load_workload, model_spec, train_config
+    from declora.adapter import build_model, pick_device
+    from declora.train import LocalTrainer
+    from declora.workload import load_workload, model_spec, train_config
 
     device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
@@ -250,8 +250,8 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
 
 
 def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], book: dict[int, str], layout):
-    from .security import load_security
-    from .transport import Liveness, ZmqTransport
+    from declora.security import load_security
+    from declora.transport import Liveness, ZmqTransport
 
     return ZmqTransport(
         peer_id, bind_endpoint(book[peer_id]), {j: book[j] for j in neighbours}, layout=layout,
@@ -268,7 +268,7 @@ def wait_for_neighbours(transport, neighbours: list[int], timeout_s: float) -> N
 
 
 def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:
-    from .adapter import read_adapter
+    from declora.adapter import read_adapter
 
     return {"round": t, "adapter": adapter_to_state(read_adapter(model)), "trainer": trainer.state_dict(),
             "sender": sender.state_dict(), "merged_delta": merged}
@@ -277,7 +277,7 @@ def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:
 def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, rank: int, model, trainer, sender,
            merged: dict) -> int:
     """Load the checkpoint of `resume_round` (default: the latest) if there is one; return the first round to run."""
-    from .adapter import merge_delta_and_reset, write_adapter
+    from declora.adapter import merge_delta_and_reset, write_adapter
 
     state = load_checkpoint(cfg.out, peer_id, resume_round)
     if state is None:
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--peer-id must be in 0..{cfg.peers - 1}, got {args.peer_id}")
         threads = cfg.threads or 1
         if cfg.mode == "centralized":
-            from .centralized import run_centralized
+            from declora.centralized import run_centralized
 
             run_centralized(cfg, threads)
         else:

@@ -36,8 +36,8 @@ from typing import Any, Iterable, Sequence
 import msgpack
 import torch
 
-from .codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
-from .factors import Adapter, LoraFactor
+from declora.codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
+from declora.factors import Adapter, LoraFactor
 
 PROTOCOL_VERSION = 1
 PACK_BELOW = 128 * 1024  # buffers under this share one frame (measured: see the module docstring)

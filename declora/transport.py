@@ -25,8 +25,8 @@ from typing import Iterable, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import security as sec
-from .protocol import (
+from declora import security as sec
+from declora.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
     AdapterLayout,

@@ -9,10 +9,10 @@ import logging
 
 import torch
 
-from .codecs import ErrorFeedback, make_codec
-from .config import RunConfig
-from .factors import Adapter
-from .protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
+from declora.codecs import ErrorFeedback, make_codec
+from declora.config import RunConfig
+from declora.factors import Adapter
+from declora.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
 
 log = logging.getLogger("declora.wire")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, RunConfig
+from declora.config import ConfigError, RunConfig
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Workload:
 
 def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     """(train, eval): the flags, else the shipped SST-2, else a pre-split folder's held-out file."""
-    from .data import default_dataset, held_out_file
+    from declora.data import default_dataset, held_out_file
 
     if not cfg.data:
         default = default_dataset()
@@ -47,14 +47,14 @@ def resolve_task(cfg: RunConfig) -> str:
 
 
 def model_spec(cfg: RunConfig):
-    from .adapter import ModelSpec
+    from declora.adapter import ModelSpec
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",") if t.strip()) or None
     return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets)
 
 
 def train_config(cfg: RunConfig, steps_per_round: int | None = None):
-    from .train import TrainConfig
+    from declora.train import TrainConfig
 
     steps_per_round = steps_per_round or cfg.local_steps
     return TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr or None, weight_decay=cfg.weight_decay,
@@ -67,7 +67,7 @@ def train_config(cfg: RunConfig, steps_per_round: int | None = None):
 def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union: bool = False) -> Workload:
     """This peer's shard of the training data (or, for the centralized reference, the union of all shards) and the
     shared evaluation set, tokenized."""
-    from .data import format_description, load_examples, peer_examples, split_for_peers, tokenize
+    from declora.data import format_description, load_examples, peer_examples, split_for_peers, tokenize
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)
