@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.machine import write_result
 from declora.aggregate import gossip, stack, svd
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 
 LAYERS, HIDDEN = 32, 4096  # Llama-2-7B: q_proj and v_proj are both 4096 x 4096
 MODULES = ("q_proj", "v_proj")

@@ -36,7 +36,7 @@ import torch
 
 from benchmarks.machine import RESULTS, write_result
 from declora.aggregate import consensus_distance, gossip, svd
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from declora.topology import MIXING_RULES, load_topology, mixing_matrix, mixing_row, spectral_gap
 
 SLACK = 1e-6  # measured <= predicted + SLACK counts as "bound holds"

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from declora.factors import Adapter, LoraFactor  # noqa: E402
+from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.protocol import (  # noqa: E402
     AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames)
 

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import zmq  # noqa: E402
 
 from declora import aggregate  # noqa: E402
-from declora.factors import Adapter, LoraFactor  # noqa: E402
+from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
 from declora.server import aggregate_updates  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from declora.factors import Adapter, LoraFactor, scaling_for
+from declora.core.factors import Adapter, LoraFactor, scaling_for
 
 ADAPTER_NAME = "default"
 TASKS = ("classification", "causal_lm")

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from declora.factors import Adapter, LoraFactor, scaling_for
+from declora.core.factors import Adapter, LoraFactor, scaling_for
 
 WEIGHT_SUM_TOL = 1e-6
 

@@ -39,7 +39,7 @@ import torch
 from declora import aggregate
 from declora.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
 from declora.config import RunConfig, load_run_config
-from declora.factors import Adapter
+from declora.core.factors import Adapter
 
 # A tensor's effective delta is formed in float64: spreads are small differences of large quantities.
 WORK_DTYPE = torch.float64

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 
 
 def adapter_to_state(adapter: Adapter) -> dict:

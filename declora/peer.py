@@ -19,7 +19,7 @@ from declora import aggregate
 from declora.addressbook import address_book, bind_endpoint
 from declora.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
-from declora.factors import Adapter
+from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
 from declora.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 

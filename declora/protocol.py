@@ -37,7 +37,7 @@ import msgpack
 import torch
 
 from declora.codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 
 PROTOCOL_VERSION = 1
 PACK_BELOW = 128 * 1024  # buffers under this share one frame (measured: see the module docstring)

@@ -24,7 +24,7 @@ import torch
 from declora import aggregate
 from declora.addressbook import address_book, bind_endpoint
 from declora.config import ConfigError, RunConfig, add_server_flags, resolve
-from declora.factors import Adapter
+from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
 
 log = logging.getLogger("declora.server")

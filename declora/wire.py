@@ -11,7 +11,7 @@ import torch
 
 from declora.codecs import ErrorFeedback, make_codec
 from declora.config import RunConfig
-from declora.factors import Adapter
+from declora.core.factors import Adapter
 from declora.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
 
 log = logging.getLogger("declora.wire")

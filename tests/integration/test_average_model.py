@@ -13,7 +13,7 @@ from declora.average_model import (AverageModel, PeerState, common_rounds, evalu
                                    mean_delta, spreads)
 from declora.checkpoint import adapter_to_state, saved_rounds, save_checkpoint
 from declora.config import ConfigError, RunConfig, resolve, write_run_config
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from tests.tiny_models import sentiment_rows, torch_threads, write_sst_tsv
 
 BERT = ModelSpec("tiny-bert", "classification", num_labels=2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zmq
 
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from declora.protocol import Kind, encode_adapter, make_message, to_frames
 from declora.security import generate_keys, load_security
 

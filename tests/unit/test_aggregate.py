@@ -22,7 +22,7 @@ from declora.aggregate import (
     svd,
     zeropad,
 )
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 
 SHAPES = {"layer.0.q": (12, 10), "layer.0.v": (9, 12)}  # module key -> (out, in)
 FAST = settings(max_examples=20, deadline=None)

@@ -19,7 +19,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from declora.aggregate import merged_delta, stack, svd  # noqa: E402
-from declora.factors import Adapter, LoraFactor  # noqa: E402
+from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 
 ADAPTERS = {  # name -> (r, alpha, rslora); different ranks and scalings
     "p0": (2, 4.0, False),

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from declora.factors import Adapter, LoraFactor, alpha_for_scaling, scaling_for
+from declora.core.factors import Adapter, LoraFactor, alpha_for_scaling, scaling_for
 
 
 def test_scaling_conventions():

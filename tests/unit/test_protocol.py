@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from declora.codecs import CODEC_NAMES, ErrorFeedback, make_codec
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from declora.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from declora.protocol import (
     HEADER_KEYS,
     TENSOR_KEYS,

@@ -6,7 +6,7 @@ import msgpack
 import pytest
 import torch
 
-from declora.factors import Adapter, LoraFactor
+from declora.core.factors import Adapter, LoraFactor
 from declora.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames
 from declora.transport import InProcNetwork, RoundResult
 
