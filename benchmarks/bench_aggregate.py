@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench_aggregate.py`: make th
 import torch
 
 from benchmarks.machine import write_result
-from declora.aggregate import gossip, stack, svd
+from declora.core.aggregate import gossip, stack, svd
 from declora.core.factors import Adapter, LoraFactor
 
 LAYERS, HIDDEN = 32, 4096  # Llama-2-7B: q_proj and v_proj are both 4096 x 4096

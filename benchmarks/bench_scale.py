@@ -5,7 +5,7 @@ its payload is a random Llama-2-7B-shaped adapter (r=16 on q_proj and v_proj: 64
 encoded once with the int8 codec (8.9 MB per message). For N = 4, 8, 16, 32, 64 processes:
 
 - `ring`: gossip on ring:N (degree 2): send the encoded adapter to each neighbour and collect theirs
-  (transport.exchange), decode, mix with declora.aggregate.gossip (Metropolis weights);
+  (transport.exchange), decode, mix with declora.core.aggregate.gossip (Metropolis weights);
 - `regular4`: the same on regular:N:4:SEED (a random 4-regular graph; at N=4 degree 4 is impossible and the graph
   is complete:4, degree 3);
 - `server`: the parameter server (fedit): the server collects N UPDATEs, decodes them, averages them with data-share

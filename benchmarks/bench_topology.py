@@ -2,14 +2,14 @@
 
 No training: every one of N peers (default 16) gets a synthetic adapter (a shared Gaussian part plus a per-peer
 Gaussian offset, so peers disagree), then R rounds (default 30) mix the whole network in one process, each peer i
-calling declora.aggregate on its neighbourhood with row i of the mixing matrix M, exactly as a peer does. Float64
+calling declora.core.aggregate on its neighbourhood with row i of the mixing matrix M, exactly as a peer does. Float64
 throughout, so the rates can be followed far down.
 
 Per round and graph it records:
 - the factor disagreement D_t = sum_i ||A_i - mean A||^2 + ||B_i - mean B||^2 under `gossip` (linear in the
   factors, so D_{t+1} <= lambda_2(M)^2 D_t each round, lambda_2 the eigenvalue of second largest magnitude);
   every gossip round is also checked against the matrix form A <- M A over the stacked factors;
-- declora.aggregate.consensus_distance of the products under `gossip` and under `svd` (exact product mixing
+- declora.core.aggregate.consensus_distance of the products under `gossip` and under `svd` (exact product mixing
   re-factorized to the same rank);
 - how far the network's mean product has moved from the mean of the initial products (what a server would
   compute): gossip's fixed point is s * mean(B) @ mean(A), not mean(s * B @ A).
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.machine import RESULTS, write_result
-from declora.aggregate import consensus_distance, gossip, svd
+from declora.core.aggregate import consensus_distance, gossip, svd
 from declora.core.factors import Adapter, LoraFactor
 from declora.topology import MIXING_RULES, load_topology, mixing_matrix, mixing_row, spectral_gap
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "threads": args.threads,
             "plot": png.name,
-            "notes": "no training; synthetic float64 adapters; every peer mixes with declora.aggregate (gossip and "
+            "notes": "no training; synthetic float64 adapters; every peer mixes with declora.core.aggregate (gossip and "
                      "svd), gossip checked each round against M @ stacked factors. measured_contraction = "
                      "(D_T/D_0)^(1/T) over rounds above factor_floor * D_0; bound: measured <= |lambda_2|^2 + slack.",
         })

@@ -12,7 +12,7 @@ No training: the payload is a random Llama-2-7B-shaped adapter (r=16 on q_proj a
 once with the int8 codec. A round is what a real round does after training:
 
 - gossip: exchange the encoded adapter with every neighbour (transport.exchange), decode what arrived, mix with
-  declora.aggregate.gossip using this peer's Metropolis row (renormalized over who was heard);
+  declora.core.aggregate.gossip using this peer's Metropolis row (renormalized over who was heard);
 - server client: send an UPDATE (with its sample count) to the server, collect the AGGREGATE, decode it;
 - server: collect every client's UPDATE, decode them, aggregate with declora.server.aggregate_updates ("fedit",
   data-share weights), encode the aggregate (int8) and send it to every client.
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import zmq  # noqa: E402
 
-from declora import aggregate  # noqa: E402
+from declora.core import aggregate  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
@@ -109,7 +109,7 @@ def decode_module(message: Message, wire: list) -> Adapter:
 
 
 def mix_gossip(me: int, mine: Adapter, received: dict[int, Message], weights: dict[int, float]) -> int:
-    """declora.aggregate.gossip over this peer and its neighbours, one module at a time (the same arithmetic as
+    """declora.core.aggregate.gossip over this peer and its neighbours, one module at a time (the same arithmetic as
     one call on whole adapters: gossip averages every tensor on its own); returns the modules mixed."""
     ids = [me, *sorted(received)]
     w = [weights[i] for i in ids]

@@ -11,7 +11,7 @@ client holds it. It is read from the peers' round-t checkpoints (declora.checkpo
 mixing), so a run must keep the rounds it is to be evaluated at (`--keep-checkpoints 0` keeps all).
 
 How far the peers are from it is reported too:
-- `consensus_distance`: declora.aggregate.consensus_distance of the adapters, (1/n) sum_i ||P_i - mean P||^2 over the
+- `consensus_distance`: declora.core.aggregate.consensus_distance of the adapters, (1/n) sum_i ||P_i - mean P||^2 over the
   LoRA products P_i = s_i B_i A_i and the dense tensors;
 - `merged_spread`: (1/n) sum_i ||M_i - mean M||^2 over the merged deltas: the drift of stack mode's bases on a
   sparse graph (zero for flora behind a server, whose clients all merge the same stack);
@@ -36,7 +36,7 @@ from typing import Sequence
 
 import torch
 
-from declora import aggregate
+from declora.core import aggregate
 from declora.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
 from declora.config import RunConfig, load_run_config
 from declora.core.factors import Adapter

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from declora import aggregate
+from declora.core import aggregate
 from declora.addressbook import address_book, bind_endpoint
 from declora.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve

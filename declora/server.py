@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from declora import aggregate
+from declora.core import aggregate
 from declora.addressbook import address_book, bind_endpoint
 from declora.config import ConfigError, RunConfig, add_server_flags, resolve
 from declora.core.factors import Adapter

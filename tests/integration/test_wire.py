@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from declora import aggregate
+from declora.core import aggregate
 from declora.protocol import encode_adapter
 from declora.security import generate_keys
 from declora.topology import load_topology, mixing_matrix, mixing_row, renormalize_row

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from declora.aggregate import (
+from declora.core.aggregate import (
     check_weights,
     consensus_distance,
     data_share_weights,

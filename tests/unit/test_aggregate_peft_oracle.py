@@ -18,7 +18,7 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from declora.aggregate import merged_delta, stack, svd  # noqa: E402
+from declora.core.aggregate import merged_delta, stack, svd  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 
 ADAPTERS = {  # name -> (r, alpha, rslora); different ranks and scalings
