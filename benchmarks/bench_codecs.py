@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.machine import write_result  # noqa: E402
-from declora.codecs import make_codec  # noqa: E402
+from declora.core.codecs import make_codec  # noqa: E402
 
 GOAL_INT8_GBPS = 1.0
 

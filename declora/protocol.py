@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 import msgpack
 import torch
 
-from declora.codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
+from declora.core.codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
 from declora.core.factors import Adapter, LoraFactor
 
 PROTOCOL_VERSION = 1

@@ -9,7 +9,7 @@ import logging
 
 import torch
 
-from declora.codecs import ErrorFeedback, make_codec
+from declora.core.codecs import ErrorFeedback, make_codec
 from declora.config import RunConfig
 from declora.core.factors import Adapter
 from declora.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter

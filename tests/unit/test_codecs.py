@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from declora.codecs import CODEC_NAMES, MAX_BLOCK, Encoded, ErrorFeedback, make_codec
+from declora.core.codecs import CODEC_NAMES, MAX_BLOCK, Encoded, ErrorFeedback, make_codec
 
 QUANT = ("int8", "int4")
 FLOAT = ("fp32", "fp16", "bf16")
@@ -537,7 +537,7 @@ def test_fuzz_decode_only_raises_value_error(name, shape, meta, data):
 def test_module_stays_pure():
     """codecs imports neither zmq nor msgpack nor anything above it (DESIGN.md section 3)."""
     import ast
-    import declora.codecs as mod
+    import declora.core.codecs as mod
 
     tree = ast.parse(open(mod.__file__).read())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

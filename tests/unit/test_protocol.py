@@ -5,7 +5,7 @@ import msgpack
 import pytest
 import torch
 
-from declora.codecs import CODEC_NAMES, ErrorFeedback, make_codec
+from declora.core.codecs import CODEC_NAMES, ErrorFeedback, make_codec
 from declora.core.factors import Adapter, LoraFactor
 from declora.protocol import (
     PROTOCOL_VERSION,

@@ -52,7 +52,7 @@ CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4")
 
 # The wire format is little-endian and this module writes tensors' raw bytes (and packs int4 through int16 words).
 if sys.byteorder != "little":  # pragma: no cover - no such host in sight
-    raise ImportError("declora.codecs assumes a little-endian host")
+    raise ImportError("declora.core.codecs assumes a little-endian host")
 
 DEFAULT_BLOCK = 64
 MAX_BLOCK = 1 << 20
