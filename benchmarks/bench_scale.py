@@ -63,7 +63,7 @@ import zmq  # noqa: E402
 
 from benchmarks.machine import RESULTS, write_result  # noqa: E402
 from declora.addressbook import free_loopback_ports  # noqa: E402
-from declora.topology import load_topology, mixing_matrix, mixing_row  # noqa: E402
+from declora.core.topology import load_topology, mixing_matrix, mixing_row  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "scale_worker.py"
 CONFIGS = ("ring", "regular4", "server")

@@ -37,7 +37,7 @@ import torch
 from benchmarks.machine import RESULTS, write_result
 from declora.core.aggregate import consensus_distance, gossip, svd
 from declora.core.factors import Adapter, LoraFactor
-from declora.topology import MIXING_RULES, load_topology, mixing_matrix, mixing_row, spectral_gap
+from declora.core.topology import MIXING_RULES, load_topology, mixing_matrix, mixing_row, spectral_gap
 
 SLACK = 1e-6  # measured <= predicted + SLACK counts as "bound holds"
 # Below these fractions of the initial value a metric is float64 rounding, not consensus: ratios past them are

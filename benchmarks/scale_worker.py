@@ -48,7 +48,7 @@ from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
 from declora.server import aggregate_updates  # noqa: E402
-from declora.topology import renormalize_row  # noqa: E402
+from declora.core.topology import renormalize_row  # noqa: E402
 from declora.transport import Liveness, ZmqTransport  # noqa: E402
 
 LAYERS, RANK, HIDDEN, ALPHA = 32, 16, 4096, 32.0

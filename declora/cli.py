@@ -35,7 +35,7 @@ def _add_topology(sub) -> None:
 
 
 def _load_topology_and_mixing(args):
-    from declora import topology as topo
+    from declora.core import topology as topo
 
     try:
         t = topo.load_topology(args.topology)
@@ -49,7 +49,7 @@ def _load_topology_and_mixing(args):
 def _run_topology_show(args) -> int:
     import json
 
-    from declora import topology as topo
+    from declora.core import topology as topo
 
     t, M = _load_topology_and_mixing(args)
     gap = topo.spectral_gap(M)
@@ -77,7 +77,7 @@ def _run_topology_show(args) -> int:
 
 
 def _run_topology_check(args) -> int:
-    from declora import topology as topo
+    from declora.core import topology as topo
 
     t, M = _load_topology_and_mixing(args)
     gap = topo.spectral_gap(M)

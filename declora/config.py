@@ -115,7 +115,7 @@ class RunConfig:
         is reported by the topology check, with its own message)."""
         if not Path(self.topology).is_file():
             return None
-        from declora.topology import TopologyError, load_topology_file
+        from declora.core.topology import TopologyError, load_topology_file
 
         try:
             nodes = load_topology_file(self.topology).nodes

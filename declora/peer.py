@@ -21,7 +21,7 @@ from declora.checkpoint import adapter_from_state, adapter_to_state, load_checkp
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
 from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
-from declora.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
+from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 
 log = logging.getLogger("declora.peer")
 

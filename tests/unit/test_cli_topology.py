@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from declora.cli import main
-from declora.topology import MIXING_RULES, load_topology, mixing_matrix, spectral_gap
+from declora.core.topology import MIXING_RULES, load_topology, mixing_matrix, spectral_gap
 
 REPO = Path(__file__).resolve().parents[2]
 

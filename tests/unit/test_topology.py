@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from declora.topology import (
+from declora.core.topology import (
     MIXING_RULES,
     NodeInfo,
     TopologyError,
