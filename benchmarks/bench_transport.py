@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
-from declora.protocol import (  # noqa: E402
+from declora.wire.protocol import (  # noqa: E402
     AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames)
 
 GOAL_RATIO = 0.8

@@ -45,7 +45,7 @@ import zmq  # noqa: E402
 
 from declora.core import aggregate  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
-from declora.protocol import (  # noqa: E402
+from declora.wire.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
 from declora.server import aggregate_updates  # noqa: E402
 from declora.core.topology import renormalize_row  # noqa: E402

@@ -123,7 +123,7 @@ class Links:
     def inbound_layout(self, mine: Adapter):
         """What a neighbour's message must look like: our modules and dense tensors; gossip needs our rank, the
         exact modes any rank up to the largest; a server's FLoRA stack is as wide as all ranks together."""
-        from declora.protocol import AdapterLayout
+        from declora.wire.protocol import AdapterLayout
 
         ranks = self.cfg.rank_list()
         if self.cfg.server:
@@ -131,7 +131,7 @@ class Links:
         return AdapterLayout.from_adapter(mine, max_rank=max(ranks), equal_rank=self.cfg.mode == "gossip")
 
     def exchange(self, transport, t: int, tensors, samples: int, deadline_s: float, layout) -> Received:
-        from declora.protocol import Kind, make_message
+        from declora.wire.protocol import Kind, make_message
         from declora.wire import decode_received
 
         if self.cfg.server:

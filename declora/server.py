@@ -52,7 +52,7 @@ def aggregate_updates(method: str, updates: dict[int, Adapter], samples: dict[in
 
 def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
     from declora.peer import open_transport
-    from declora.protocol import AdapterLayout, Kind, ProtocolError, encode_adapter, make_message, message_to_adapter
+    from declora.wire.protocol import AdapterLayout, Kind, ProtocolError, encode_adapter, make_message, message_to_adapter
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)
@@ -104,7 +104,7 @@ def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
 
 
 def _layout_from_hello(transport, clients: list[int]):
-    from declora.protocol import AdapterLayout, ProtocolError
+    from declora.wire.protocol import AdapterLayout, ProtocolError
 
     for j in clients:
         body = transport.hello(j) or {}
@@ -117,7 +117,7 @@ def _layout_from_hello(transport, clients: list[int]):
 
 
 def _sample_count(message) -> int:
-    from declora.protocol import ProtocolError
+    from declora.wire.protocol import ProtocolError
 
     n = message.body.get("samples")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:

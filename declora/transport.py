@@ -26,7 +26,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from declora import security as sec
-from declora.protocol import (
+from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
     AdapterLayout,

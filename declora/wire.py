@@ -12,7 +12,7 @@ import torch
 from declora.core.codecs import ErrorFeedback, make_codec
 from declora.config import RunConfig
 from declora.core.factors import Adapter
-from declora.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
+from declora.wire.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
 
 log = logging.getLogger("declora.wire")
 

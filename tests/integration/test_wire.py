@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from declora.core import aggregate
-from declora.protocol import encode_adapter
+from declora.wire.protocol import encode_adapter
 from declora.security import generate_keys
 from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 

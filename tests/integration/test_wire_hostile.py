@@ -14,7 +14,7 @@ import torch
 import zmq
 
 from declora.core.factors import Adapter, LoraFactor
-from declora.protocol import Kind, encode_adapter, make_message, to_frames
+from declora.wire.protocol import Kind, encode_adapter, make_message, to_frames
 from declora.security import generate_keys, load_security
 
 from .wire_peer import ALPHA, DIN, DOUT, RANK, Cluster, state_to_adapter, synthetic_adapter

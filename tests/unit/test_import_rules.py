@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "declora"
-PURE_MODULES = ["declora.core.topology", "declora.core.factors", "declora.core.aggregate", "declora.core.codecs", "declora.protocol"]
+PURE_MODULES = ["declora.core.topology", "declora.core.factors", "declora.core.aggregate", "declora.core.codecs", "declora.wire.protocol"]
 FORBIDDEN_IN_PURE = ["zmq", "peft", "transformers", "declora.peer"]
 ZMQ_OWNERS = ("transport", "security")  # declora/transport.py, declora/security.py, or packages of those names
 IMPORTS_ZMQ = re.compile(r"^\s*(?:import|from)\s+zmq\b", re.MULTILINE)

@@ -1,4 +1,4 @@
-"""declora.protocol: frames <-> messages for every kind and codec, and every validation error by name."""
+"""declora.wire.protocol: frames <-> messages for every kind and codec, and every validation error by name."""
 import math
 
 import msgpack
@@ -7,7 +7,7 @@ import torch
 
 from declora.core.codecs import CODEC_NAMES, ErrorFeedback, make_codec
 from declora.core.factors import Adapter, LoraFactor
-from declora.protocol import (
+from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
     AdapterLayout,

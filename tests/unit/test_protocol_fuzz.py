@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from declora.core.factors import Adapter, LoraFactor
-from declora.protocol import (
+from declora.wire.protocol import (
     HEADER_KEYS,
     TENSOR_KEYS,
     AdapterLayout,

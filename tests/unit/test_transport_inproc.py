@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from declora.core.factors import Adapter, LoraFactor
-from declora.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames
+from declora.wire.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames
 from declora.transport import InProcNetwork, RoundResult
 
 
