@@ -29,7 +29,7 @@ log = logging.getLogger("declora.peer")
 # ---- the round loop ------------------------------------------------------------------------------------------------
 def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int | None = None) -> None:
     from declora.adapter import read_adapter
-    from declora.wire import AdapterSender
+    from declora.wire.adapter_messages import AdapterSender
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)
@@ -132,7 +132,7 @@ class Links:
 
     def exchange(self, transport, t: int, tensors, samples: int, deadline_s: float, layout) -> Received:
         from declora.wire.protocol import Kind, make_message
-        from declora.wire import decode_received
+        from declora.wire.adapter_messages import decode_received
 
         if self.cfg.server:
             # A client sends its update (with its sample count: the server weighs by data share) and waits for

@@ -14,7 +14,7 @@ from declora.config import RunConfig
 from declora.core.factors import Adapter
 from declora.wire.protocol import AdapterLayout, Message, ProtocolError, WireTensor, encode_adapter, message_to_adapter
 
-log = logging.getLogger("declora.wire")
+log = logging.getLogger("declora.wire.adapter_messages")
 
 
 class AdapterSender:
