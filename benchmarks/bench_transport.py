@@ -77,7 +77,7 @@ def run_pair_worker(cfg: dict) -> dict:
     import numpy as np
     import zmq
 
-    from declora.transport import Liveness, ZmqTransport
+    from declora.wire.transport import Liveness, ZmqTransport
 
     me, other = cfg["id"], 1 - cfg["id"]
     big = llama7b_adapter(me)
@@ -168,7 +168,7 @@ def run_pair_worker(cfg: dict) -> dict:
 
 def run_ring_worker(cfg: dict) -> dict:
     """One peer of the ring: a few rounds of encode + exchange with both neighbours + decode, fp32 then int8."""
-    from declora.transport import Liveness, ZmqTransport
+    from declora.wire.transport import Liveness, ZmqTransport
 
     me, n = cfg["id"], cfg["n"]
     adapter = llama7b_adapter(me)

@@ -49,7 +49,7 @@ from declora.wire.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
 from declora.server import aggregate_updates  # noqa: E402
 from declora.core.topology import renormalize_row  # noqa: E402
-from declora.transport import Liveness, ZmqTransport  # noqa: E402
+from declora.wire.transport import Liveness, ZmqTransport  # noqa: E402
 
 LAYERS, RANK, HIDDEN, ALPHA = 32, 16, 4096, 32.0
 CODEC = "int8"

@@ -251,7 +251,7 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
 
 def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], book: dict[int, str], layout):
     from declora.security import load_security
-    from declora.transport import Liveness, ZmqTransport
+    from declora.wire.transport import Liveness, ZmqTransport
 
     return ZmqTransport(
         peer_id, bind_endpoint(book[peer_id]), {j: book[j] for j in neighbours}, layout=layout,

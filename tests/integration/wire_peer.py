@@ -26,7 +26,7 @@ from declora.core import aggregate  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.wire.protocol import AdapterLayout, Kind, Limits, encode_adapter, make_message, message_to_adapter  # noqa: E402
 from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row  # noqa: E402
-from declora.transport import Liveness, ZmqTransport  # noqa: E402
+from declora.wire.transport import Liveness, ZmqTransport  # noqa: E402
 
 MODULES, DIN, DOUT, RANK, ALPHA = 2, 12, 10, 3, 6.0
 

@@ -8,7 +8,7 @@ import torch
 
 from declora.core.factors import Adapter, LoraFactor
 from declora.wire.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames
-from declora.transport import InProcNetwork, RoundResult
+from declora.wire.transport import InProcNetwork, RoundResult
 
 
 def adapter(seed):

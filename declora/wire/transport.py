@@ -40,7 +40,7 @@ from declora.wire.protocol import (
     to_frames,
 )
 
-log = logging.getLogger("declora.transport")
+log = logging.getLogger("declora.wire.transport")
 
 
 @dataclass(frozen=True)
