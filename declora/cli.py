@@ -170,7 +170,7 @@ def _add_keys(sub) -> None:
 
 
 def _run_keys_make(args) -> int:
-    from declora.security import SecurityError, generate_keys
+    from declora.wire.security import SecurityError, generate_keys
 
     if args.peers is not None:
         if args.peers < 1:

@@ -250,7 +250,7 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
 
 
 def open_transport(cfg: RunConfig, peer_id: int, neighbours: list[int], book: dict[int, str], layout):
-    from declora.security import load_security
+    from declora.wire.security import load_security
     from declora.wire.transport import Liveness, ZmqTransport
 
     return ZmqTransport(

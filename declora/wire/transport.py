@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from declora import security as sec
+from declora.wire import security as sec
 from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,

@@ -9,7 +9,7 @@ import torch
 
 from declora.core import aggregate
 from declora.wire.protocol import encode_adapter
-from declora.security import generate_keys
+from declora.wire.security import generate_keys
 from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 
 from .wire_peer import Cluster, state_to_adapter, synthetic_adapter

@@ -15,7 +15,7 @@ import zmq
 
 from declora.core.factors import Adapter, LoraFactor
 from declora.wire.protocol import Kind, encode_adapter, make_message, to_frames
-from declora.security import generate_keys, load_security
+from declora.wire.security import generate_keys, load_security
 
 from .wire_peer import ALPHA, DIN, DOUT, RANK, Cluster, state_to_adapter, synthetic_adapter
 

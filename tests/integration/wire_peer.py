@@ -99,7 +99,7 @@ def main() -> int:
     layout = AdapterLayout.from_adapter(mine, equal_rank=True)  # gossip averages A and B: ranks must match
     security = None
     if args.keys:
-        from declora.security import load_security
+        from declora.wire.security import load_security
 
         security = load_security(args.keys, args.id)
     out = Path(args.out)

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "declora"
 PURE_MODULES = ["declora.core.topology", "declora.core.factors", "declora.core.aggregate", "declora.core.codecs", "declora.wire.protocol"]
 FORBIDDEN_IN_PURE = ["zmq", "peft", "transformers", "declora.peer"]
-ZMQ_OWNERS = ("transport", "security")  # declora/wire/transport.py, declora/security.py, or packages of those names
+ZMQ_OWNERS = ("transport", "security")  # declora/wire/transport.py, declora/wire/security.py, or packages of those names
 IMPORTS_ZMQ = re.compile(r"^\s*(?:import|from)\s+zmq\b", re.MULTILINE)
 
 
@@ -38,7 +38,7 @@ def _module_parts(path: Path) -> tuple[str, ...]:
 def test_only_transport_and_security_import_zmq():
     importers = [p for p in sorted(PACKAGE.rglob("*.py")) if IMPORTS_ZMQ.search(p.read_text(encoding="utf-8"))]
     strangers = [str(p.relative_to(PACKAGE.parent)) for p in importers if _module_parts(p)[0] not in ZMQ_OWNERS]
-    assert strangers == [], f"only declora.wire.transport and declora.security may import zmq, not {strangers}"
+    assert strangers == [], f"only declora.wire.transport and declora.wire.security may import zmq, not {strangers}"
 
 
 def test_the_zmq_pattern_catches_both_import_forms():

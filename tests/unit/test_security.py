@@ -1,11 +1,11 @@
-"""declora.security without sockets: key files, loading, the plain-text rule, and `declora keys make`."""
+"""declora.wire.security without sockets: key files, loading, the plain-text rule, and `declora keys make`."""
 import os
 import stat
 
 import pytest
 
 from declora.cli import main
-from declora.security import (
+from declora.wire.security import (
     SecurityError,
     check_plaintext,
     generate_keys,

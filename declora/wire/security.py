@@ -27,7 +27,7 @@ from zmq.utils import z85
 
 from declora.addressbook import is_loopback
 
-log = logging.getLogger("declora.security")
+log = logging.getLogger("declora.wire.security")
 
 ZAP_DOMAIN = "declora"
 PUBLIC_DIR = "public"
