@@ -166,7 +166,7 @@ class AverageModel:
     """
 
     def __init__(self, cfg: RunConfig, device: str | torch.device = "cpu", eval_limit: int = 0):
-        from declora.adapter import build_model, lora_layers
+        from declora.learn.model import build_model, lora_layers
         from declora.workload import load_workload, model_spec
 
         self.spec = model_spec(cfg)
@@ -196,7 +196,7 @@ class AverageModel:
 
     def load(self, states: Sequence[PeerState]) -> None:
         """Make the model compute as the average of `states`."""
-        from declora.adapter import merge_delta_and_reset, read_adapter, write_adapter
+        from declora.learn.model import merge_delta_and_reset, read_adapter, write_adapter
 
         deltas, dense = mean_delta(states)
         with torch.no_grad():

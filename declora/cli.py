@@ -244,7 +244,7 @@ def _check_model_available(cfg) -> None:
     """Fail once, here, with how to install the default model, rather than once per peer process."""
     if cfg.model:
         return
-    from declora.adapter import default_model_path
+    from declora.learn.model import default_model_path
 
     try:
         default_model_path()

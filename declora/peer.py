@@ -28,7 +28,7 @@ log = logging.getLogger("declora.peer")
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
 def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int | None = None) -> None:
-    from declora.adapter import read_adapter
+    from declora.learn.model import read_adapter
     from declora.wire.adapter_messages import AdapterSender
 
     torch.set_num_threads(max(1, threads))
@@ -77,7 +77,7 @@ def run_peer(cfg: RunConfig, peer_id: int, threads: int = 1, resume_round: int |
 def save_result(model, tokenizer, out_dir: Path, base_changed: bool) -> None:
     """The adapter (loadable with PeftModel.from_pretrained on the original base) or, once rounds have merged deltas
     into the base (stack, flora), the whole merged model: the adapter alone would no longer match any base on disk."""
-    from declora.adapter import save_adapter, save_merged_model
+    from declora.learn.model import save_adapter, save_merged_model
 
     if base_changed:
         save_merged_model(model, tokenizer, out_dir)
@@ -157,7 +157,7 @@ def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, p
     """Put the round's result into the model: the mix of this peer's exact adapter with the neighbours' decoded
     ones, or the server's aggregate. Returns the dense delta merged into the base weights (stack, flora), else None.
     """
-    from declora.adapter import write_adapter
+    from declora.learn.model import write_adapter
 
     if cfg.server:
         if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
@@ -187,7 +187,7 @@ def apply_mixing(cfg: RunConfig, model, trainer, mine: Adapter, got: Received, p
 
 def merge_stack(cfg: RunConfig, model, trainer, stacked: Adapter, peer_id: int, rank: int) -> dict[str, torch.Tensor]:
     """FLoRA: merge the exact weighted sum of products into the base and start a fresh adapter at our own rank."""
-    from declora.adapter import merge_delta_and_reset
+    from declora.learn.model import merge_delta_and_reset
 
     delta = aggregate.merged_delta(stacked)
     merge_delta_and_reset(model, delta, rank=rank, seed=cfg.seed * 1000 + peer_id)
@@ -203,7 +203,7 @@ def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
 
 def write_dense(model, dense: dict[str, torch.Tensor]) -> None:
     """Put averaged dense tensors (a classifier head) back without touching the fresh LoRA factors."""
-    from declora.adapter import read_adapter, write_adapter
+    from declora.learn.model import read_adapter, write_adapter
 
     current = read_adapter(model)
     current.dense.update(dense)
@@ -232,7 +232,7 @@ def _eval_text(record: dict) -> str:
 # ---- parts the loop wires -------------------------------------------------------------------------------------------
 def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, union: bool = False):
     """The model with a fresh adapter, this peer's share of the data, its trainer, and the eval set."""
-    from declora.adapter import build_model, pick_device
+    from declora.learn.model import build_model, pick_device
     from declora.train import LocalTrainer
     from declora.workload import load_workload, model_spec, train_config
 
@@ -268,7 +268,7 @@ def wait_for_neighbours(transport, neighbours: list[int], timeout_s: float) -> N
 
 
 def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:
-    from declora.adapter import read_adapter
+    from declora.learn.model import read_adapter
 
     return {"round": t, "adapter": adapter_to_state(read_adapter(model)), "trainer": trainer.state_dict(),
             "sender": sender.state_dict(), "merged_delta": merged}
@@ -277,7 +277,7 @@ def checkpoint_state(t: int, model, trainer, sender, merged: dict) -> dict:
 def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, rank: int, model, trainer, sender,
            merged: dict) -> int:
     """Load the checkpoint of `resume_round` (default: the latest) if there is one; return the first round to run."""
-    from declora.adapter import merge_delta_and_reset, write_adapter
+    from declora.learn.model import merge_delta_and_reset, write_adapter
 
     state = load_checkpoint(cfg.out, peer_id, resume_round)
     if state is None:

@@ -47,7 +47,7 @@ def resolve_task(cfg: RunConfig) -> str:
 
 
 def model_spec(cfg: RunConfig):
-    from declora.adapter import ModelSpec
+    from declora.learn.model import ModelSpec
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",") if t.strip()) or None
     return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets)

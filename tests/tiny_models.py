@@ -1,6 +1,6 @@
 """Helpers for tests: tiny models and tiny data files.
 
-The tiny models are built from configs by `declora.adapter` (`tiny-bert`, `tiny-llama`: hidden 32, 2 layers,
+The tiny models are built from configs by `declora.learn.model` (`tiny-bert`, `tiny-llama`: hidden 32, 2 layers,
 a byte-level tokenizer made in code). The tiny-gpt2 checkpoint lives in the shared folder beside the repository
 (<repo>/../shared); tests that need it skip when it is absent.
 """

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from declora import adapter as ad
-from declora.adapter import (ModelSpec, build_model, current_rank, load_saved_adapter, merge_delta_and_reset,
+from declora.learn import model as ad
+from declora.learn.model import (ModelSpec, build_model, current_rank, load_saved_adapter, merge_delta_and_reset,
                              pick_device, read_adapter, save_adapter, save_merged_model, set_rank, write_adapter)
 from declora.core.factors import Adapter, LoraFactor
 from tests.tiny_models import need_tiny_gpt2, torch_threads

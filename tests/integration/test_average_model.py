@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from declora.adapter import ModelSpec, build_model, lora_layers, merge_delta_and_reset, read_adapter, write_adapter
+from declora.learn.model import ModelSpec, build_model, lora_layers, merge_delta_and_reset, read_adapter, write_adapter
 from declora.average_model import (AverageModel, PeerState, common_rounds, evaluate_average_model, load_peer_states,
                                    mean_delta, spreads)
 from declora.checkpoint import adapter_to_state, saved_rounds, save_checkpoint

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from declora.adapter import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
+from declora.learn.model import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
 from declora.data import tokenize
 from declora.core.factors import Adapter, LoraFactor
 from declora.train import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
