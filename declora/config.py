@@ -66,7 +66,7 @@ class RunConfig:
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
     group_by_length: bool = _opt(False, "batches of similar-length examples: less padding, ~2.8x faster MiniLM steps "
                                         "on SST-2 (Hugging Face's group_by_length)")
-    # One process on pooled SST-2 reaches 81/82/84% after 100/200/400 steps at 2e-3 / 5e-3 (declora/train.py);
+    # One process on pooled SST-2 reaches 81/82/84% after 100/200/400 steps at 2e-3 / 5e-3 (declora/learn/training.py);
     # 4 gossiping peers on a Dirichlet(0.5) split needed twice that rate (1e-3 ended at 79%, 4e-3 at 80-82%).
     lr: float = _opt(4e-3, "AdamW learning rate of the LoRA factors")
     head_lr: float = _opt(1e-2, "learning rate of the other trainable tensors (classifier head); 0 = same as --lr")

@@ -211,7 +211,7 @@ def write_dense(model, dense: dict[str, torch.Tensor]) -> None:
 
 
 def evaluate_if_due(cfg: RunConfig, model, eval_set, task: str, t: int) -> dict:
-    from declora.train import evaluate
+    from declora.learn.training import evaluate
 
     last = t == cfg.rounds - 1
     if not last and (t + 1) % cfg.eval_every:
@@ -233,7 +233,7 @@ def _eval_text(record: dict) -> str:
 def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, union: bool = False):
     """The model with a fresh adapter, this peer's share of the data, its trainer, and the eval set."""
     from declora.learn.model import build_model, pick_device
-    from declora.train import LocalTrainer
+    from declora.learn.training import LocalTrainer
     from declora.workload import load_workload, model_spec, train_config
 
     device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)

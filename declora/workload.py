@@ -54,7 +54,7 @@ def model_spec(cfg: RunConfig):
 
 
 def train_config(cfg: RunConfig, steps_per_round: int | None = None):
-    from declora.train import TrainConfig
+    from declora.learn.training import TrainConfig
 
     steps_per_round = steps_per_round or cfg.local_steps
     return TrainConfig(lr=cfg.lr, head_lr=cfg.head_lr or None, weight_decay=cfg.weight_decay,

@@ -9,7 +9,7 @@ import torch
 from declora.learn.model import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
 from declora.data import tokenize
 from declora.core.factors import Adapter, LoraFactor
-from declora.train import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
+from declora.learn.training import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
 
 
