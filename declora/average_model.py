@@ -167,7 +167,7 @@ class AverageModel:
 
     def __init__(self, cfg: RunConfig, device: str | torch.device = "cpu", eval_limit: int = 0):
         from declora.learn.model import build_model, lora_layers
-        from declora.workload import load_workload, model_spec
+        from declora.node.workload import load_workload, model_spec
 
         self.spec = model_spec(cfg)
         self.eval_source = _eval_source(cfg)
@@ -188,7 +188,7 @@ class AverageModel:
 
     def compatible(self, cfg: RunConfig) -> bool:
         """Whether this object can evaluate a run of `cfg`: same model, modules, eval set and tokenization."""
-        from declora.workload import model_spec
+        from declora.node.workload import model_spec
 
         return (model_spec(cfg) == self.spec and _eval_source(cfg) == self.eval_source
                 and cfg.max_length == self.cfg.max_length and cfg.alpha == self.cfg.alpha
@@ -246,7 +246,7 @@ def evaluate_average_model(run_dir: str | Path, t: int | None = None, device: st
 
 
 def _eval_source(cfg: RunConfig) -> str:
-    from declora.workload import data_paths
+    from declora.node.workload import data_paths
 
     _, dev = data_paths(cfg)
     return str(Path(dev).resolve())

@@ -234,7 +234,7 @@ def build_local_learner(cfg: RunConfig, peer_id: int, rank: int, n_shards: int, 
     """The model with a fresh adapter, this peer's share of the data, its trainer, and the eval set."""
     from declora.learn.model import build_model, pick_device
     from declora.learn.training import LocalTrainer
-    from declora.workload import load_workload, model_spec, train_config
+    from declora.node.workload import load_workload, model_spec, train_config
 
     device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
