@@ -19,7 +19,7 @@ log = logging.getLogger("declora.centralized")
 
 def run_centralized(cfg: RunConfig, threads: int = 1) -> None:
     from declora.learn.model import save_adapter
-    from declora.peer import build_local_learner, evaluate_if_due
+    from declora.node.peer import build_local_learner, evaluate_if_due
 
     torch.set_num_threads(max(1, threads))
     run_dir = Path(cfg.out)

@@ -253,7 +253,7 @@ def _check_model_available(cfg) -> None:
 
 
 def _run_peer(args) -> int:
-    from declora.peer import main as peer_main
+    from declora.node.peer import main as peer_main
 
     return peer_main(sys.argv[2:] if args.argv is None else args.argv)
 

@@ -213,7 +213,7 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
 
 
 def add_peer_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of one peer process (`declora peer`, `python -m declora.peer`)."""
+    """The flags of one peer process (`declora peer`, `python -m declora.node.peer`)."""
     parser.add_argument("--peer-id", type=int, required=True, help="this peer's id (0..peers-1)")
     parser.add_argument("--resume-round", type=int, default=None,
                         help="with --resume: the round whose checkpoint to load (default: the latest); give every "

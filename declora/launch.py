@@ -1,7 +1,7 @@
 """Start peer processes and watch them: N peers on this host (`declora simulate`) or this node's share of a
 multi-node run (`declora launch-node`). One line of progress per round; summary.json and plots at the end.
 
-Every peer is a separate OS process running `python -m declora.peer` (the same code as `declora peer`); they talk
+Every peer is a separate OS process running `python -m declora.node.peer` (the same code as `declora peer`); they talk
 ZeroMQ over TCP. The launcher never touches tensors: it reads the peers' metrics files.
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ every client an AGGREGATE:
 - `flexlora`: the exact weighted sum re-factorized by SVD to each client's own rank; one message per client.
 - `zeropad`: HetLoRA zero-padding, truncated to each client's rank; one message per client.
 
-Clients are ordinary peers (`declora.peer`) whose only neighbour is the server.
+Clients are ordinary peers (`declora.node.peer`) whose only neighbour is the server.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def aggregate_updates(method: str, updates: dict[int, Adapter], samples: dict[in
 
 
 def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
-    from declora.peer import open_transport
+    from declora.node.peer import open_transport
     from declora.wire.protocol import AdapterLayout, Kind, ProtocolError, encode_adapter, make_message, message_to_adapter
 
     torch.set_num_threads(max(1, threads))

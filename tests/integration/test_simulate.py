@@ -185,7 +185,7 @@ def find_peer_pid(out: Path, peer: int) -> int:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv]
-        if "declora.peer" in args and config in args and args[args.index("--peer-id") + 1] == str(peer):
+        if "declora.node.peer" in args and config in args and args[args.index("--peer-id") + 1] == str(peer):
             return int(pid_dir.name)
     raise AssertionError(f"no process for peer {peer}")
 

@@ -1,7 +1,7 @@
 """A minimal peer process for the wire integration tests: synthetic LoRA factors, real ZmqTransport, gossip mixing.
 
 Each round it sends its adapter, collects its neighbours', and mixes what arrived with renormalized Metropolis
-weights (aggregate.gossip), like declora.peer but without a model. It records, per round, the adapter it sent, who
+weights (aggregate.gossip), like declora.node.peer but without a model. It records, per round, the adapter it sent, who
 it heard and the weights it used (so the test can recompute every mix), liveness transitions with wall-clock times,
 and at the end its transport counters as JSON.
 

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "declora"
 PURE_MODULES = ["declora.core.topology", "declora.core.factors", "declora.core.aggregate", "declora.core.codecs", "declora.wire.protocol"]
-FORBIDDEN_IN_PURE = ["zmq", "peft", "transformers", "declora.peer"]
+FORBIDDEN_IN_PURE = ["zmq", "peft", "transformers", "declora.node.peer"]
 ZMQ_OWNERS = ("transport", "security")  # declora/wire/transport.py, declora/wire/security.py, or packages of those names
 IMPORTS_ZMQ = re.compile(r"^\s*(?:import|from)\s+zmq\b", re.MULTILINE)
 

@@ -23,7 +23,7 @@ from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
 from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 
-log = logging.getLogger("declora.peer")
+log = logging.getLogger("declora.node.peer")
 
 
 # ---- the round loop ------------------------------------------------------------------------------------------------
