@@ -9,7 +9,7 @@ encoded once with the int8 codec (8.9 MB per message). For N = 4, 8, 16, 32, 64 
 - `regular4`: the same on regular:N:4:SEED (a random 4-regular graph; at N=4 degree 4 is impossible and the graph
   is complete:4, degree 3);
 - `server`: the parameter server (fedit): the server collects N UPDATEs, decodes them, averages them with data-share
-  weights (declora.server.aggregate_updates), encodes the aggregate (int8) and sends it to every client, which
+  weights (declora.node.server.aggregate_updates), encodes the aggregate (int8) and sends it to every client, which
   decodes it. N clients + 1 server process.
 
 Every round starts at a barrier the parent releases for all processes at once; 1 warm-up round, then `--rounds`

@@ -14,7 +14,7 @@ once with the int8 codec. A round is what a real round does after training:
 - gossip: exchange the encoded adapter with every neighbour (transport.exchange), decode what arrived, mix with
   declora.core.aggregate.gossip using this peer's Metropolis row (renormalized over who was heard);
 - server client: send an UPDATE (with its sample count) to the server, collect the AGGREGATE, decode it;
-- server: collect every client's UPDATE, decode them, aggregate with declora.server.aggregate_updates ("fedit",
+- server: collect every client's UPDATE, decode them, aggregate with declora.node.server.aggregate_updates ("fedit",
   data-share weights), encode the aggregate (int8) and send it to every client.
 
 Every received message is validated by the transport against the receiver's AdapterLayout. The transport runs with
@@ -47,7 +47,7 @@ from declora.core import aggregate  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
 from declora.wire.protocol import (  # noqa: E402
     AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
-from declora.server import aggregate_updates  # noqa: E402
+from declora.node.server import aggregate_updates  # noqa: E402
 from declora.core.topology import renormalize_row  # noqa: E402
 from declora.wire.transport import Liveness, ZmqTransport  # noqa: E402
 
@@ -123,7 +123,7 @@ def mix_gossip(me: int, mine: Adapter, received: dict[int, Message], weights: di
 
 
 def serve_fedit(me: int, r: int, received: dict[int, Message]) -> Message:
-    """The server's round, one module at a time: decode every client's module, declora.server.aggregate_updates
+    """The server's round, one module at a time: decode every client's module, declora.node.server.aggregate_updates
     ("fedit", data-share weights), encode the result (int8); then one AGGREGATE message for every client."""
     counts = {j: int(m.body["samples"]) for j, m in received.items()}
     wires = {j: by_module(m) for j, m in received.items()}

@@ -259,7 +259,7 @@ def _run_peer(args) -> int:
 
 
 def _run_server(args) -> int:
-    from declora.server import main as server_main
+    from declora.node.server import main as server_main
 
     return server_main(sys.argv[2:] if args.argv is None else args.argv)
 

@@ -222,7 +222,7 @@ def add_peer_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of the parameter-server process (`declora server`, `python -m declora.server`)."""
+    """The flags of the parameter-server process (`declora server`, `python -m declora.node.server`)."""
     parser.add_argument("--peer-id", type=int, default=None, help="ignored: the server's id is --peers")
     parser.add_argument("--resume-round", type=int, default=None,
                         help="with --resume: the clients resume after this round, so the server starts at the next")

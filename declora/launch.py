@@ -58,7 +58,7 @@ class PeerProcesses:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     def start(self, peer_id: int, cmd: list[str], env: dict) -> None:
-        name = "server" if "declora.server" in cmd else f"peer-{peer_id}"
+        name = "server" if "declora.node.server" in cmd else f"peer-{peer_id}"
         self.logs[peer_id] = self.run_dir / "logs" / f"{name}.log"
         log = open(self.logs[peer_id], "ab")
         # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child.

@@ -27,7 +27,7 @@ from declora.config import ConfigError, RunConfig, add_server_flags, resolve
 from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
 
-log = logging.getLogger("declora.server")
+log = logging.getLogger("declora.node.server")
 
 
 def aggregate_updates(method: str, updates: dict[int, Adapter], samples: dict[int, int], alpha: float,
