@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--peer-id must be in 0..{cfg.peers - 1}, got {args.peer_id}")
         threads = cfg.threads or 1
         if cfg.mode == "centralized":
-            from declora.centralized import run_centralized
+            from declora.node.centralized import run_centralized
 
             run_centralized(cfg, threads)
         else:

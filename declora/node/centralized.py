@@ -14,7 +14,7 @@ import torch
 from declora.config import RunConfig
 from declora.metrics import MetricsWriter
 
-log = logging.getLogger("declora.centralized")
+log = logging.getLogger("declora.node.centralized")
 
 
 def run_centralized(cfg: RunConfig, threads: int = 1) -> None:
