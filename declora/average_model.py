@@ -7,7 +7,7 @@ base so far, zero in the other modes) and its own dense tensors (the classifier 
 
 the exact mean of the peers' effective weight deltas whatever their ranks (not the product of averaged factors).
 Under doubly stochastic gossip it is the quantity mixing preserves; behind a server that has just aggregated, every
-client holds it. It is read from the peers' round-t checkpoints (declora.checkpoint, written after the round's
+client holds it. It is read from the peers' round-t checkpoints (declora.node.checkpoint, written after the round's
 mixing), so a run must keep the rounds it is to be evaluated at (`--keep-checkpoints 0` keeps all).
 
 How far the peers are from it is reported too:
@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 
 from declora.core import aggregate
-from declora.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
+from declora.node.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
 from declora.config import RunConfig, load_run_config
 from declora.core.factors import Adapter
 

@@ -17,7 +17,7 @@ import torch
 
 from declora.core import aggregate
 from declora.addressbook import address_book, bind_endpoint
-from declora.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
+from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
 from declora.core.factors import Adapter
 from declora.metrics import MetricsWriter
