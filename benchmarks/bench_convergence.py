@@ -252,7 +252,7 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
 def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     """Per-round numbers of a finished run: metrics files, server metrics, and the average model per round."""
     from declora.average_model import common_rounds
-    from declora.metrics import read_jsonl, read_run_metrics
+    from declora.node.metrics import read_jsonl, read_run_metrics
 
     per_peer = read_run_metrics(out)
     server = read_jsonl(out / "metrics" / "server.jsonl") if (out / "metrics" / "server.jsonl").exists() else []

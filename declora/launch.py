@@ -18,7 +18,7 @@ from pathlib import Path
 from declora.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_resume_round
 from declora.config import RunConfig, write_run_config
-from declora.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
+from declora.node.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
 
 POLL_S = 0.5
 
@@ -196,7 +196,7 @@ def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> in
     extra = {"status": "ok" if status == 0 else "failed"}
     server_metrics = run_dir / "metrics" / "server.jsonl"
     if server_metrics.exists():
-        from declora.metrics import read_jsonl
+        from declora.node.metrics import read_jsonl
 
         extra["server"] = read_jsonl(server_metrics)
     summary = summarize(cfg.to_json(), per_peer, wall_s, extra)

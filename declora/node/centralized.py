@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from declora.config import RunConfig
-from declora.metrics import MetricsWriter
+from declora.node.metrics import MetricsWriter
 
 log = logging.getLogger("declora.node.centralized")
 

@@ -20,7 +20,7 @@ from declora.addressbook import address_book, bind_endpoint
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
 from declora.core.factors import Adapter
-from declora.metrics import MetricsWriter
+from declora.node.metrics import MetricsWriter
 from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
 
 log = logging.getLogger("declora.node.peer")

@@ -25,7 +25,7 @@ from declora.core import aggregate
 from declora.addressbook import address_book, bind_endpoint
 from declora.config import ConfigError, RunConfig, add_server_flags, resolve
 from declora.core.factors import Adapter
-from declora.metrics import MetricsWriter
+from declora.node.metrics import MetricsWriter
 
 log = logging.getLogger("declora.node.server")
 
