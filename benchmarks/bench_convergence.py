@@ -7,7 +7,7 @@ suite fit in 2 hours on 2 cores) and total number of training samples: N peers x
 centralized reference takes N x K steps of 32 per round on the union of the shards). Per round it reports:
 
 - the dev accuracy of the average model: base + mean over peers of (merged delta + s B A) per module, head averaged
-  (declora.average_model, read from the peers' per-round checkpoints, kept with --keep-checkpoints 0 and deleted
+  (declora.node.average_model, read from the peers' per-round checkpoints, kept with --keep-checkpoints 0 and deleted
   once evaluated); for centralized the one model's own evaluation;
 - each peer's own dev accuracy (mean, min over peers) from its metrics, at the rounds the peers evaluate;
 - bytes sent per peer, and through the busiest process: the server (bytes in + out) for server runs, else the peer
@@ -251,7 +251,7 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
 
 def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
     """Per-round numbers of a finished run: metrics files, server metrics, and the average model per round."""
-    from declora.average_model import common_rounds
+    from declora.node.average_model import common_rounds
     from declora.node.metrics import read_jsonl, read_run_metrics
 
     per_peer = read_run_metrics(out)
@@ -351,7 +351,7 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
 
 def average_model_for(out: Path, state: dict):
     """One AverageModel (base built once, eval set tokenized once) for every run that shares model and eval set."""
-    from declora.average_model import AverageModel
+    from declora.node.average_model import AverageModel
     from declora.config import load_run_config
 
     cfg = load_run_config(out / "config.json")

@@ -31,7 +31,7 @@ def adapter_from_state(state: dict) -> Adapter:
 
 # Peers are at most a round apart when a run is killed; keeping two rounds lets all of them resume from the same one.
 # More (or all, keep_rounds=0) is for analysis after the run, e.g. the average model per round
-# (declora.average_model); a stack-mode checkpoint holds a dense delta per module, so that costs disk.
+# (declora.node.average_model); a stack-mode checkpoint holds a dense delta per module, so that costs disk.
 KEEP_ROUNDS = 2
 
 

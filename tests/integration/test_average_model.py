@@ -1,4 +1,4 @@
-"""declora.average_model on tiny-bert: the exact mean of the peers' effective deltas goes into the base, the head is
+"""declora.node.average_model on tiny-bert: the exact mean of the peers' effective deltas goes into the base, the head is
 averaged, the spreads measure disagreement, and a run folder's checkpoints are read per round. No processes."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from declora.learn.model import ModelSpec, build_model, lora_layers, merge_delta_and_reset, read_adapter, write_adapter
-from declora.average_model import (AverageModel, PeerState, common_rounds, evaluate_average_model, load_peer_states,
+from declora.node.average_model import (AverageModel, PeerState, common_rounds, evaluate_average_model, load_peer_states,
                                    mean_delta, spreads)
 from declora.node.checkpoint import adapter_to_state, saved_rounds, save_checkpoint
 from declora.config import ConfigError, RunConfig, resolve, write_run_config

@@ -23,7 +23,7 @@ The base model is built once (`AverageModel`), and each evaluation restores its 
 mean delta with `adapter.merge_delta_and_reset` (which leaves a fresh adapter with B = 0: it adds nothing) and writes
 the averaged dense tensors; so one object evaluates every round of every run that shares the model and eval set.
 
-    from declora.average_model import AverageModel
+    from declora.node.average_model import AverageModel
     avg = AverageModel.for_run("runs/x")
     for t in avg.rounds("runs/x"):
         print(t, avg.evaluate_round("runs/x", t))   # {"accuracy", "loss", "samples", "consensus_distance", ...}
