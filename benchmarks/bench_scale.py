@@ -62,7 +62,7 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from benchmarks.machine import RESULTS, write_result  # noqa: E402
-from declora.addressbook import free_loopback_ports  # noqa: E402
+from declora.node.addressbook import free_loopback_ports  # noqa: E402
 from declora.core.topology import load_topology, mixing_matrix, mixing_row  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "scale_worker.py"

@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from declora.addressbook import free_loopback_ports, write_addresses
+from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_resume_round
 from declora.config import RunConfig, write_run_config
 from declora.node.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from declora.core import aggregate
-from declora.addressbook import address_book, bind_endpoint
+from declora.node.addressbook import address_book, bind_endpoint
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
 from declora.core.factors import Adapter

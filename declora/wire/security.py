@@ -25,7 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from declora.addressbook import is_loopback
+from declora.node.addressbook import is_loopback
 
 log = logging.getLogger("declora.wire.security")
 
