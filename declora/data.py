@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple, Sequence, Union
 import numpy as np
 import torch
 
-PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped inside the package
 IGNORE_INDEX = -100  # label value the cross-entropy loss skips (prompt and padding tokens)
 DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl")
 
@@ -68,8 +68,8 @@ class DatasetPaths(NamedTuple):
 
 
 def default_dataset() -> DatasetPaths:
-    """SST-2 train and dev, shipped inside the package (see declora/data/README.md)."""
-    paths = DatasetPaths(PACKAGE_DATA / "sst2" / "train.tsv.gz", PACKAGE_DATA / "sst2" / "dev.tsv.gz")
+    """SST-2 train and dev, shipped inside the package (see declora/assets/README.md)."""
+    paths = DatasetPaths(ASSETS / "sst2" / "train.tsv.gz", ASSETS / "sst2" / "dev.tsv.gz")
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"the shipped SST-2 file {path} is missing: reinstall declora")
