@@ -202,7 +202,7 @@ def avg_eval_rounds(preset: Preset) -> list[int]:
 # ---- one run ------------------------------------------------------------------------------------------------------
 def majority_accuracy(eval_file: Path | None) -> float:
     """Accuracy of always predicting the most frequent label of the eval set (the trivial classifier)."""
-    from declora.data import default_dataset
+    from declora.learn.data import default_dataset
 
     path = eval_file or default_dataset().eval
     opener = gzip.open if str(path).endswith(".gz") else open
@@ -215,7 +215,7 @@ def eval_subset_file(n: int, folder: Path) -> Path | None:
     """The first n examples of the shipped SST-2 dev set as a TSV (None: use the whole set)."""
     if n <= 0:
         return None
-    from declora.data import default_dataset
+    from declora.learn.data import default_dataset
 
     lines = gzip.open(default_dataset().eval, "rt").read().splitlines()
     folder.mkdir(parents=True, exist_ok=True)

@@ -76,12 +76,12 @@ def write_dolly_json(path: Path, records: list[dict] | None = None, jsonl: bool 
 
 
 def sentiment_examples(repeat: int = 1):
-    from declora.data import TextExample
+    from declora.learn.data import TextExample
 
     return [TextExample(text, label) for text, label in sentiment_rows(repeat)]
 
 
 def dolly_examples():
-    from declora.data import InstructionExample
+    from declora.learn.data import InstructionExample
 
     return [InstructionExample(r["instruction"], r["response"], r["context"], r["category"]) for r in DOLLY_RECORDS]

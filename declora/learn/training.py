@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from declora.data import IGNORE_INDEX, TokenizedDataset, batches, eval_batches
+from declora.learn.data import IGNORE_INDEX, TokenizedDataset, batches, eval_batches
 
 SCHEDULES = ("constant", "linear", "cosine")
 

@@ -21,7 +21,7 @@ class Workload:
 
 def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     """(train, eval): the flags, else the shipped SST-2, else a pre-split folder's held-out file."""
-    from declora.data import default_dataset, held_out_file
+    from declora.learn.data import default_dataset, held_out_file
 
     if not cfg.data:
         default = default_dataset()
@@ -67,7 +67,7 @@ def train_config(cfg: RunConfig, steps_per_round: int | None = None):
 def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union: bool = False) -> Workload:
     """This peer's shard of the training data (or, for the centralized reference, the union of all shards) and the
     shared evaluation set, tokenized."""
-    from declora.data import format_description, load_examples, peer_examples, split_for_peers, tokenize
+    from declora.learn.data import format_description, load_examples, peer_examples, split_for_peers, tokenize
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from declora.learn.model import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
-from declora.data import tokenize
+from declora.learn.data import tokenize
 from declora.core.factors import Adapter, LoraFactor
 from declora.learn.training import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
@@ -64,7 +64,7 @@ def test_evaluate_matches_a_direct_computation_and_restores_the_mode():
     metrics = evaluate(model, data, batch_size=5)
     assert model.training
     model.eval()
-    from declora.data import collate
+    from declora.learn.data import collate
 
     batch = collate(data.features, data.pad_token_id)
     labels = batch.pop("labels")

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from declora.data import (InstructionExample, TextExample, default_dataset, describe, format_description,
+from declora.learn.data import (InstructionExample, TextExample, default_dataset, describe, format_description,
                           held_out_file, load_examples, parse_scheme, partition, partition_indices, peer_examples,
                           presplit_files, split_for_peers, task_of)
 from tests.tiny_models import DOLLY_RECORDS, DOLLY_SPLIT, write_dolly_json, write_sst_tsv

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from declora.learn.model import byte_tokenizer
-from declora.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, TokenizedDataset,
+from declora.learn.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, TokenizedDataset,
                           batches, collate, epoch_order, eval_batches, format_prompt, tokenize)
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
 

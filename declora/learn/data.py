@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple, Sequence, Union
 import numpy as np
 import torch
 
-ASSETS = Path(__file__).resolve().parent / "assets"  # data shipped inside the package
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # data shipped inside the package
 IGNORE_INDEX = -100  # label value the cross-entropy loss skips (prompt and padding tokens)
 DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl")
 
