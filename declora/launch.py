@@ -41,7 +41,7 @@ def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
 
 def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "peer",
                  resume_round: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", f"declora.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
+    cmd = [sys.executable, "-m", f"declora.node.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
            "--threads", str(threads)]
     if resume_round is not None:
         cmd += ["--resume", "--resume-round", str(resume_round)]
