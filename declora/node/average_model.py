@@ -210,7 +210,7 @@ class AverageModel:
     def evaluate(self, states: Sequence[PeerState], batch_size: int = 64) -> dict:
         """Eval metrics of the average of `states` (accuracy, loss, samples for classification; loss and
         perplexity for causal LM) plus the spreads."""
-        from declora.learn.training import evaluate
+        from declora.learn.evaluation import evaluate
 
         self.load(states)
         result = evaluate(self.model, self.eval_set, self.task, batch_size=batch_size)

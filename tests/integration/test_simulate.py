@@ -21,7 +21,7 @@ DOLLY = REPO / "tests" / "fixtures" / "dolly-tiny"
 
 def sst2_slice(tmp_path: Path, n_train: int = 400, n_dev: int = 64) -> tuple[Path, Path]:
     """A small slice of the shipped SST-2, so peers start fast; the real loader and partitions still run."""
-    from declora.learn.data import default_dataset
+    from declora.learn.examples import default_dataset
 
     paths = default_dataset()
     out = []

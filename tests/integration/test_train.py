@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from declora.learn.model import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
-from declora.learn.data import tokenize
 from declora.core.factors import Adapter, LoraFactor
-from declora.learn.training import DEFAULTS, LocalTrainer, TrainConfig, evaluate, lr_factor
+from declora.learn.evaluation import evaluate
+from declora.learn.model import ModelSpec, build_model, merge_delta_and_reset, read_adapter, set_rank, write_adapter
+from declora.learn.tokenize import tokenize
+from declora.learn.training import LocalTrainer, TrainConfig, lr_factor
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
 
 
@@ -64,7 +65,7 @@ def test_evaluate_matches_a_direct_computation_and_restores_the_mode():
     metrics = evaluate(model, data, batch_size=5)
     assert model.training
     model.eval()
-    from declora.learn.data import collate
+    from declora.learn.batching import collate
 
     batch = collate(data.features, data.pad_token_id)
     labels = batch.pop("labels")
@@ -172,4 +173,3 @@ def test_schedules():
         TrainConfig(batch_size=10, grad_accum=3)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="step")
-    assert TrainConfig().lr == DEFAULTS["lr"] and TrainConfig().batch_size == DEFAULTS["batch_size"]

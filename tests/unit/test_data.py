@@ -7,9 +7,10 @@ from collections import Counter
 
 import pytest
 
-from declora.learn.data import (InstructionExample, TextExample, default_dataset, describe, format_description,
-                          held_out_file, load_examples, parse_scheme, partition, partition_indices, peer_examples,
-                          presplit_files, split_for_peers, task_of)
+from declora.learn.examples import (InstructionExample, TextExample, default_dataset, held_out_file, load_examples,
+                                    presplit_files, task_of)
+from declora.learn.partitions import (describe, format_description, parse_scheme, partition, partition_indices,
+                                      peer_examples, split_for_peers)
 from tests.tiny_models import DOLLY_RECORDS, DOLLY_SPLIT, write_dolly_json, write_sst_tsv
 
 

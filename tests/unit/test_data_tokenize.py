@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from declora.learn.model import byte_tokenizer
-from declora.learn.data import (IGNORE_INDEX, PROMPT_NO_CONTEXT, InstructionExample, TextExample, TokenizedDataset,
-                          batches, collate, epoch_order, eval_batches, format_prompt, tokenize)
+from declora.learn.batching import batches, collate, epoch_order, eval_batches
+from declora.learn.examples import InstructionExample, TextExample
+from declora.learn.tiny_models import byte_tokenizer
+from declora.learn.tokenize import IGNORE_INDEX, PROMPT_NO_CONTEXT, TokenizedDataset, format_prompt, tokenize
 from tests.tiny_models import dolly_examples, sentiment_examples, torch_threads
 
 
