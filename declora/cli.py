@@ -19,7 +19,7 @@ def _add_topology(sub) -> None:
     p = sub.add_parser("topology", help="show and check a topology (graph, mixing weights, spectral gap)")
     actions = p.add_subparsers(dest="topology_command", metavar="{show,check}", required=True)
     mixing_help = "gossip weights: metropolis (default), maxdegree, or Dec-LoRA's laplacian I - 2L/(3 lambda_max)"
-    rules = ("metropolis", "maxdegree", "laplacian")  # = topology.MIXING_RULES, spelled out to keep --help light
+    from declora.core.mixing import MIXING_RULES as rules
 
     show = actions.add_parser("show", help="print nodes, degrees, each node's mixing row and the spectral gap")
     show.add_argument("topology", metavar="SPEC|FILE", help="e.g. ring:8, torus:4x4, er:16:0.25:1, or a file")
@@ -35,24 +35,26 @@ def _add_topology(sub) -> None:
 
 
 def _load_topology_and_mixing(args):
-    from declora.core import topology as topo
+    from declora.core.graphs import TopologyError
+    from declora.core.mixing import check_mixing, mixing_matrix
+    from declora.core.topology_files import load_topology
 
     try:
-        t = topo.load_topology(args.topology)
-    except topo.TopologyError as e:
+        t = load_topology(args.topology)
+    except TopologyError as e:
         raise CliError(str(e)) from None
-    M = topo.mixing_matrix(t.graph, args.mixing)
-    topo.check_mixing(M, t.graph)  # our own matrices must pass; a failure here is a bug, not bad input
+    M = mixing_matrix(t.graph, args.mixing)
+    check_mixing(M, t.graph)  # our own matrices must pass; a failure here is a bug, not bad input
     return t, M
 
 
 def _run_topology_show(args) -> int:
     import json
 
-    from declora.core import topology as topo
+    from declora.core.mixing import mixing_row, spectral_gap
 
     t, M = _load_topology_and_mixing(args)
-    gap = topo.spectral_gap(M)
+    gap = spectral_gap(M)
     if args.png:
         _draw_topology(t, M, gap, args.mixing, args.png)
     if args.json:
@@ -66,7 +68,7 @@ def _run_topology_show(args) -> int:
     address_column = f"  {'address':<{width}}" if width else ""
     print(f"node{address_column}  degree  mixing row (peer:weight)")
     for i in range(t.n):
-        row = topo.mixing_row(M, i)
+        row = mixing_row(M, i)
         cells = [f"self:{row.pop(i, 0.0):.4f}"] + [f"{j}:{w:.4f}" for j, w in sorted(row.items())]
         address = f"  {addresses[i]:<{width}}" if width else ""
         print(f"{i:>4}{address}  {t.graph.degree(i):>6}  {' '.join(cells)}")
@@ -77,10 +79,10 @@ def _run_topology_show(args) -> int:
 
 
 def _run_topology_check(args) -> int:
-    from declora.core import topology as topo
+    from declora.core.mixing import spectral_gap
 
     t, M = _load_topology_and_mixing(args)
-    gap = topo.spectral_gap(M)
+    gap = spectral_gap(M)
     print(f"ok: {t.spec}: {t.n} nodes, {len(t.edges)} edges, connected; {args.mixing} mixing is symmetric and "
           f"doubly stochastic on the edges; spectral gap {gap:.4f}")
     return 0
@@ -253,15 +255,15 @@ def _check_model_available(cfg) -> None:
 
 
 def _run_peer(args) -> int:
-    from declora.node.peer import main as peer_main
+    from declora.node.peer import run_from_args
 
-    return peer_main(sys.argv[2:] if args.argv is None else args.argv)
+    return run_from_args(args)
 
 
 def _run_server(args) -> int:
-    from declora.node.server import main as server_main
+    from declora.node.server import run_from_args
 
-    return server_main(sys.argv[2:] if args.argv is None else args.argv)
+    return run_from_args(args)
 
 
 def _run_launch_node(args) -> int:
@@ -283,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.argv = argv[1:] if argv is not None else None
     try:
         return int(args.func(args) or 0)
     except CliError as e:

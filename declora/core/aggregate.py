@@ -58,7 +58,7 @@ def check_weights(weights: Sequence[float], n: int) -> list[float]:
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
-    # A full isfinite() pass allocates a mask and is ~100x slower than a sum; any NaN or Inf makes the sum
+    # A full isfinite() pass allocates a mask and is much slower than a sum; any NaN or Inf makes the sum
     # non-finite, so only a non-finite sum (a bad value, or a finite overflow) pays for the exact check.
     if not torch.isfinite(t.sum()) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contains NaN or Inf")

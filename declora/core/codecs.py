@@ -1,4 +1,4 @@
-"""Encode and decode one tensor for the wire; exact byte counts; error feedback.
+"""Encode and decode one tensor for the wire, with exact byte counts (error feedback is in `error_feedback`).
 
 Pure torch + numpy (no zmq, no msgpack): `protocol.py` puts `Encoded.meta` in the msgpack header and
 `Encoded.buffers` in the following ZeroMQ frames, and hands received frames back to `Codec.decode`.
@@ -12,7 +12,7 @@ Codecs (hivemind style: one small object each, with encode, decode and an exact 
   (symmetric: qmax = 127 for int8, 7 for int4; zero is exact). The last block may be partial: the encoder pads it
   with zeros in memory only (zeros change no absmax and get code 0) and sends exactly `numel` codes. int4 codes
   are stored offset by +8 as nibbles, two per byte, element 2i in the low nibble; an odd element count leaves a
-  pad nibble in the last byte, which decode ignores. Gaussian data at block 64: rel-RMS 0.59% (int8), 10.8% (int4).
+  pad nibble in the last byte, which decode ignores.
   Optional stochastic rounding `floor(x / scale + U[0, 1))` is unbiased: E[decode(encode(x))] = x; pass a CPU
   torch.Generator for reproducible draws.
 
@@ -29,10 +29,9 @@ Why float32 scales and not fp16: fp16 would save 2 bytes per block (int8 at bloc
 fp32's bytes; int4: 0.1328 instead of 0.1406), but its normal range ends at 6.1e-5: an int8 block whose absmax is
 below ~7.8e-3 gets a subnormal scale, and below ~3.8e-6 the scale flushes to zero. LoRA B factors start at zero and
 grow by about the learning rate per step, so tiny blocks are the common case early in training, not a corner.
-Measured by benchmarks/bench_codecs.py (rel-RMS of int8 on Gaussian data, fp32 vs fp16 scales; the codes are computed
-with the rounded scale, which absorbs most of its rounding): sigma 1 to 1e-4: 0.59% vs 0.59-0.63%; sigma 1e-5: 0.59%
-vs 2.2%; sigma 1e-6: 0.59% vs 99%. Range safety wins. (bf16 scales would keep fp32's range at 2 bytes and measured
-within 0.5% of fp32's error at every sigma: a possible later wire-format change, not taken here.)
+benchmarks/bench_codecs.py measures int8's error with fp32, fp16 and bf16 scales across data scales (figures in
+benchmarks/README.md): fp16 scales fall apart on tiny blocks, so range safety wins. bf16 scales would keep fp32's
+range at 2 bytes: a possible later wire-format change, not taken here.
 
 Decoding never trusts its input: shape, meta, buffer count and every buffer's exact length are checked before
 anything is allocated, scales must be finite, non-negative and small enough that no code can overflow float32, and
@@ -109,7 +108,7 @@ class Codec:
 # Shared helpers
 
 
-def _flat_float32(x: torch.Tensor, codec: str) -> torch.Tensor:
+def flat_float32(x: torch.Tensor, codec: str) -> torch.Tensor:
     """`x` as a contiguous 1-D float32 CPU tensor (a view of `x` when it already is one)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{codec} codec: expected a torch.Tensor, got {type(x).__name__}")
@@ -119,7 +118,7 @@ def _flat_float32(x: torch.Tensor, codec: str) -> torch.Tensor:
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """One vectorized reduction (torch.isfinite(t).all() is ~10x slower): NaN propagates through aminmax."""
+    """One vectorized reduction, not torch.isfinite(t).all() and its full-size mask: NaN propagates through aminmax."""
     if t.numel() == 0:
         return True
     lo, hi = torch.aminmax(t)
@@ -201,7 +200,7 @@ class FloatCodec(Codec):
         return (numel * self.itemsize,)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
-        flat = _flat_float32(x, self.name)
+        flat = flat_float32(x, self.name)
         if self.dtype == torch.float32:
             _refuse_nonfinite(flat, self.name)
             # The buffers go out as frames without copying, maybe after the caller's next optimizer step: never
@@ -233,7 +232,7 @@ class FloatCodec(Codec):
         warn on a read-only buffer, so the bytes are first copied into torch-owned memory by numpy)."""
         if self.dtype == torch.float32:
             return torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy())
-        # numpy's fp16 -> fp32 cast is scalar code; a memcpy into torch and torch's vectorized cast is ~2x faster.
+        # numpy's fp16 -> fp32 cast is scalar code; a memcpy into torch and torch's vectorized cast is faster.
         half = torch.empty(len(raw) // 2, dtype=torch.int16)
         half.numpy()[:] = np.frombuffer(raw, dtype="<i2")
         return half.view(self.dtype).float()
@@ -296,7 +295,7 @@ class BlockQuantCodec(Codec):
     # -- encode ------------------------------------------------------------------------------------------------
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Encoded:
-        flat = _flat_float32(x, self.name)
+        flat = flat_float32(x, self.name)
         x_nb = _blocks_view(flat, self.block_size)
         scale_n, inv_n1 = self._scales(x_nb)
         codes = self._codes(x_nb, inv_n1, generator)[: flat.numel()]  # drop the padding of a partial block
@@ -382,7 +381,7 @@ def _pack4(codes: torch.Tensor) -> torch.Tensor:
 def _unpack4(raw: memoryview) -> np.ndarray:
     """int8 codes (nibble - 8, two per byte) from a read-only buffer; always within [-8, 7] whatever the bytes.
 
-    Torch's vectorized bit ops beat a numpy 256-entry table gather here by ~2.5x."""
+    Torch's vectorized bit ops are faster here than a numpy 256-entry table gather."""
     packed = torch.empty(len(raw), dtype=torch.uint8)
     packed.numpy()[:] = np.frombuffer(raw, dtype=np.uint8)  # a copy: torch ops need writable memory
     codes = torch.stack((packed & 0x0F, packed >> 4), dim=1).view(-1).view(torch.int8)
@@ -406,57 +405,3 @@ def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = Fa
     if name == "int4":
         return BlockQuantCodec("int4", 4, block_size, stochastic)
     raise ValueError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
-
-
-class ErrorFeedback:
-    """CHOCO-SGD style: the sender keeps what quantization lost (x - Q(x)) per key and adds it to the next message.
-
-    Then the sum of what receivers decoded over rounds equals the sum of the inputs minus the last residual, so the
-    gap stays within one quantization step instead of growing with the number of rounds. A key whose shape changes
-    (a rank change, say) starts again with no residual. Not thread-safe: one instance per sending peer.
-    """
-
-    def __init__(self, codec: Codec):
-        self.codec = codec
-        self._residual: dict[str, torch.Tensor] = {}
-
-    def encode(
-        self, key: str, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Encoded, torch.Tensor]:
-        """Encode x plus the residual of `key`; return (message, the float32 CPU value the receiver will decode)."""
-        target = _flat_float32(x, self.codec.name).reshape(x.shape)
-        residual = self._residual.get(key)
-        if residual is not None and residual.shape == target.shape:
-            target = target + residual
-        enc = self.codec.encode(target, generator)  # raises on NaN/Inf before any state changes
-        decoded = self.codec.decode(enc.shape, enc.meta, enc.buffers)
-        self._residual[key] = target - decoded
-        return enc, decoded
-
-    def residual(self, key: str) -> torch.Tensor | None:
-        return self._residual.get(key)
-
-    def reset(self, key: str | None = None) -> None:
-        """Forget every residual, or only that of `key`."""
-        if key is None:
-            self._residual.clear()
-        else:
-            self._residual.pop(key, None)
-
-    def state_dict(self) -> dict:
-        return {"codec": self.codec.name, "residuals": {k: v.clone() for k, v in self._residual.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore residuals from `state_dict()` output (e.g. a peer checkpoint); checks them first."""
-        residuals = state.get("residuals") if isinstance(state, dict) else None
-        if not isinstance(residuals, dict):
-            raise ValueError("error-feedback state must be a dict with a 'residuals' dict")
-        loaded = {}
-        for key, value in residuals.items():
-            if not isinstance(key, str) or not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise ValueError(f"error-feedback residual {key!r} must be a floating-point tensor under a str key")
-            value = value.detach().to(device="cpu", dtype=torch.float32).clone()
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"error-feedback residual {key!r} has NaN or Inf")
-            loaded[key] = value
-        self._residual = loaded

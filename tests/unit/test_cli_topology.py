@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from declora.cli import main
-from declora.core.topology import MIXING_RULES, load_topology, mixing_matrix, spectral_gap
+from declora.core.mixing import MIXING_RULES, mixing_matrix, spectral_gap
+from declora.core.topology_files import load_topology
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +54,7 @@ def test_show_json_carries_node_addresses(capsys):
     assert nodes[0] == {"id": 0, "host": "127.0.0.1", "port": 47100, "rank": 8}
 
 
-@pytest.mark.parametrize("rule", MIXING_RULES)  # the CLI spells its choices out; this keeps them in step
+@pytest.mark.parametrize("rule", MIXING_RULES)
 def test_show_json_uses_the_chosen_mixing_rule(capsys, rule):
     _, out, _ = run(capsys, "show", "star:5", "--mixing", rule, "--json")
     summary = json.loads(out)

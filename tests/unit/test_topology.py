@@ -9,27 +9,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from declora.core.topology import (
+from declora.core.graphs import TopologyError, build_graph, complete, exponential, ring, star
+from declora.core.mixing import (
     MIXING_RULES,
-    NodeInfo,
-    TopologyError,
-    build_graph,
     check_mixing,
-    complete,
-    exponential,
     laplacian_weights,
-    load_topology,
     maxdegree_weights,
     metropolis_weights,
     mixing_matrix,
     mixing_row,
     renormalize_row,
-    ring,
     spectral_gap,
-    star,
-    topology_from_graph,
-    topology_to_toml,
 )
+from declora.core.topology import NodeInfo, topology_from_graph
+from declora.core.topology_files import load_topology, topology_to_toml
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 
