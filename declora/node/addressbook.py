@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig
+from declora.wire.security import is_loopback
 
 ADDRESSES_FILE = "addresses.json"
 
@@ -76,12 +76,3 @@ def bind_endpoint(endpoint: str) -> str:
         return endpoint
     host, port = endpoint[len("tcp://"):].rsplit(":", 1)
     return f"tcp://127.0.0.1:{port}" if is_loopback(host) else f"tcp://*:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -13,11 +13,9 @@ payload is read. Each entry of `tensors` names one encoded tensor:
      "bufs": [[frame index, byte offset, byte length], ...]}
 
 Buffers of at least `PACK_BELOW` (128 KiB) get a frame of their own and travel zero-copy. Smaller ones are copied,
-16-byte aligned, into one shared frame. Measured with benchmarks/bench_transport.py (two processes on loopback,
-Llama-7B r=16 q/v adapter): packing the 64 KiB int8 codes took an exchange from 13.9 to 10.6 ms (a zero-copy frame
-costs pyzmq and ZeroMQ more than copying 64 KiB; pyzmq copies frames under 64 KiB anyway), while also packing the
-256 KiB fp32 factors made it slower (26.5 -> 38.7 ms: one fresh 33 MB buffer to fill). Small factors (MiniLM-sized,
-12 KiB) gain too; the benchmark reports packed vs one frame per tensor.
+16-byte aligned, into one shared frame: a zero-copy frame costs pyzmq and ZeroMQ more than copying a small buffer
+(pyzmq copies frames under 64 KiB anyway), while packing big buffers means filling one fresh large buffer per
+message. benchmarks/bench_transport.py measures packed vs one frame per tensor (figures in benchmarks/README.md).
 
 Everything a receiver gets is hostile until checked: `from_frames` validates every header field against `Limits`
 and (optionally) the receiver's `AdapterLayout`, checks every buffer's exact length against its codec, and decodes
@@ -36,11 +34,12 @@ from typing import Any, Iterable, Sequence
 import msgpack
 import torch
 
-from declora.core.codecs import CODEC_NAMES, Codec, Encoded, ErrorFeedback, make_codec
-from declora.core.factors import Adapter, LoraFactor
+from declora.core.checks import is_int
+from declora.core.codecs import CODEC_NAMES, Codec, Encoded, make_codec
+from declora.core.factors import Adapter
 
 PROTOCOL_VERSION = 1
-PACK_BELOW = 128 * 1024  # buffers under this share one frame (measured: see the module docstring)
+PACK_BELOW = 128 * 1024  # buffers under this share one frame (why: see the module docstring)
 PACK_ALIGN = 16  # offsets inside the packed frame, so numpy/torch views of it are aligned
 ROLES = ("A", "B", "dense")
 WIRE_DTYPE = "float32"  # every codec decodes to float32
@@ -134,7 +133,7 @@ class AdapterLayout:
         try:
             modules = {}
             for k, (i, o, lo, hi, alpha, rs) in body["modules"].items():
-                _need(all(_is_int(v) and v > 0 for v in (i, o, lo)) and (hi is None or _is_int(hi)), "layout",
+                _need(all(is_int(v) and v > 0 for v in (i, o, lo)) and (hi is None or is_int(hi)), "layout",
                       lambda: f"bad module layout for {k!r}")
                 modules[str(k)] = ModuleLayout(i, o, lo, hi, None if alpha is None else float(alpha),
                                                None if rs is None else bool(rs))
@@ -231,51 +230,6 @@ def _build_frames(msg: Message, pack_below: int) -> list:
     return [msgpack.packb(header, use_bin_type=True), *payload]
 
 
-# ---- encoding an adapter ------------------------------------------------------------------------------------------
-def encode_adapter(adapter: Adapter, codec_name: str = "fp32", *, error_feedback: ErrorFeedback | None = None,
-                   block_size: int = 64, stochastic: bool = False, generator: torch.Generator | None = None,
-                   dense_codec: str = "fp32", return_decoded: bool = True) -> tuple[list[WireTensor], Adapter | None]:
-    """The adapter as wire tensors, plus (if asked) what receivers will decode from them.
-
-    Factors go through `codec_name` (with `error_feedback`, whose codec must be that one); dense tensors through
-    `dense_codec`: they are small, and a classifier head is where a quantization error shows most.
-    """
-    if error_feedback is not None and error_feedback.codec.name != codec_name:
-        raise ValueError(f"error feedback uses codec {error_feedback.codec.name!r}, not {codec_name!r}")
-    codec = make_codec(codec_name, block_size, stochastic)
-    dcodec = make_codec(dense_codec, block_size, stochastic)
-    # fp32 without error feedback decodes to exactly the input: skip the decode pass.
-    exact = codec_name == "fp32" and error_feedback is None
-
-    def one(key: str, x: torch.Tensor, c: Codec, ef: ErrorFeedback | None) -> tuple[Encoded, torch.Tensor | None]:
-        if ef is not None:
-            return ef.encode(key, x, generator)
-        enc = c.encode(x, generator)
-        if not return_decoded:
-            return enc, None
-        if c.name == "fp32":
-            return enc, x.detach().to(torch.float32)
-        return enc, c.decode(enc.shape, enc.meta, enc.buffers)
-
-    tensors: list[WireTensor] = []
-    factors: dict[str, LoraFactor] = {}
-    for key in sorted(adapter.factors):
-        f = adapter.factors[key]
-        ea, da = one(f"{key}.A", f.A, codec, error_feedback)
-        eb, db = one(f"{key}.B", f.B, codec, error_feedback)
-        tensors.append(WireTensor(key, "A", ea, f.r, float(f.alpha), bool(f.rslora)))
-        tensors.append(WireTensor(key, "B", eb, f.r, float(f.alpha), bool(f.rslora)))
-        if return_decoded:
-            factors[key] = f if exact else LoraFactor(da, db, f.alpha, f.rslora)
-    dense: dict[str, torch.Tensor] = {}
-    for key in sorted(adapter.dense):
-        e, d = one(key, adapter.dense[key], dcodec, None)
-        tensors.append(WireTensor(key, "dense", e))
-        if return_decoded:
-            dense[key] = d
-    return tensors, (Adapter(factors, dense) if return_decoded else None)
-
-
 # ---- decoding and validation ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Spec:
@@ -302,7 +256,7 @@ def from_frames(frames: Sequence, *, layout: AdapterLayout | None = None, limits
     body = header["body"]
     _need(isinstance(body, dict) and all(isinstance(k, str) for k in body), "body", "body must be a map with str keys")
     sizes = header["frames"]
-    _need(isinstance(sizes, list) and all(_is_int(n) for n in sizes), "frames", "'frames' must be a list of ints")
+    _need(isinstance(sizes, list) and all(is_int(n) for n in sizes), "frames", "'frames' must be a list of ints")
     _need(len(sizes) == len(views) - 1, "frames",
           lambda: f"header lists {len(sizes)} payload frames but {len(views) - 1} arrived")
     for i, (want, got) in enumerate(zip(sizes, views[1:]), start=1):
@@ -329,25 +283,6 @@ def decode_message(message: Message) -> Message:
     return message
 
 
-def message_to_adapter(message: Message, layout: AdapterLayout | None = None) -> Adapter:
-    """The decoded adapter a message carries (decoding it first if needed)."""
-    if layout is not None:
-        layout.check(message)
-    decode_message(message)
-    a: dict[str, torch.Tensor] = {}
-    b: dict[str, WireTensor] = {}
-    dense: dict[str, torch.Tensor] = {}
-    for t in message.tensors:
-        if t.role == "A":
-            a[t.key] = t.value
-        elif t.role == "B":
-            b[t.key] = t
-        else:
-            dense[t.key] = t.value
-    factors = {k: LoraFactor(a[k], b[k].value, b[k].alpha, b[k].rslora) for k in sorted(a)}
-    return Adapter(factors, dense)
-
-
 _DECODERS: dict[str, Codec] = {}
 _NONFINITE = re.compile(r"\b(nan|inf|non-?finite)\b", re.IGNORECASE)  # how codecs word a NaN/Inf refusal
 
@@ -372,10 +307,6 @@ def _need(ok: bool, reason: str, message) -> None:
     field of every tensor of every message) does not pay for formatting an error that is not raised."""
     if not ok:
         raise ProtocolError(reason, message() if callable(message) else message)
-
-
-def _is_int(v: Any) -> bool:
-    return type(v) is int  # not isinstance: msgpack booleans are ints to Python (and int subclasses are not wire types)
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -422,14 +353,14 @@ def _unpack_header(raw: memoryview, limits: Limits) -> dict:
 
 def _check_envelope(h: dict, expected_version: int, limits: Limits) -> tuple[int, Kind, int, int]:
     v = h["v"]
-    _need(_is_int(v), "version", lambda: f"version must be an int, got {_short(v)}")
+    _need(is_int(v), "version", lambda: f"version must be an int, got {_short(v)}")
     _need(v == expected_version, "version", lambda: f"protocol version {v}, expected {expected_version}")
     kind = _KIND_BY_VALUE.get(h["kind"]) if isinstance(h["kind"], str) else None
     _need(kind is not None, "kind", lambda: f"unknown message kind {_short(h['kind'])}")
     s = h["sender"]
-    _need(_is_int(s) and 0 <= s <= limits.max_peer_id, "sender", lambda: f"bad sender id {_short(s)}")
+    _need(is_int(s) and 0 <= s <= limits.max_peer_id, "sender", lambda: f"bad sender id {_short(s)}")
     r = h["round"]
-    _need(_is_int(r) and 0 <= r <= limits.max_round, "round", lambda: f"bad round {_short(r)}")
+    _need(is_int(r) and 0 <= r <= limits.max_round, "round", lambda: f"bad round {_short(r)}")
     return v, kind, s, r
 
 
@@ -443,14 +374,14 @@ def _parse_tensor(i: int, e: Any, views: list[memoryview], limits: Limits) -> Wi
     _need(codec in CODEC_NAMES, "codec", lambda: f"{where}: unknown codec {_short(codec)}")
     _need(e["dtype"] == WIRE_DTYPE, "dtype", lambda: f"{where}: dtype must be {WIRE_DTYPE}, got {_short(e['dtype'])}")
     shape = e["shape"]
-    _need(isinstance(shape, list) and all(_is_int(d) and d >= 0 for d in shape) and len(shape) <= 8, "shape",
+    _need(isinstance(shape, list) and all(is_int(d) and d >= 0 for d in shape) and len(shape) <= 8, "shape",
           lambda: f"{where}: bad shape {_short(shape)}")
     shape = tuple(shape)
     r, alpha, rslora = e["r"], e["alpha"], e["rslora"]
     _need(isinstance(rslora, bool), "bad_header", lambda: f"{where}: rslora must be a bool")
     _need(isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha), "alpha",
           lambda: f"{where}: alpha must be a finite number, got {_short(alpha)}")
-    _need(_is_int(r), "rank", lambda: f"{where}: r must be an int, got {_short(r)}")
+    _need(is_int(r), "rank", lambda: f"{where}: r must be an int, got {_short(r)}")
     if role == "dense":
         _need(r == 0, "rank", lambda: f"{where}: a dense tensor has r 0, got {r}")
     else:
@@ -470,7 +401,7 @@ def _parse_tensor(i: int, e: Any, views: list[memoryview], limits: Limits) -> Wi
           lambda: f"{where}: {codec} needs {len(expected)} buffers, header lists {_short(bufs)}")
     buffers = []
     for j, (ref, want) in enumerate(zip(bufs, expected)):
-        _need(isinstance(ref, list) and len(ref) == 3 and all(_is_int(x) for x in ref), "bad_header",
+        _need(isinstance(ref, list) and len(ref) == 3 and all(is_int(x) for x in ref), "bad_header",
               lambda: f"{where}: buffer ref {j} must be [frame, offset, length]")
         fi, off, n = ref
         _need(1 <= fi < len(views), "frames", lambda: f"{where}: buffer {j} names frame {fi}, have 1..{len(views) - 1}")

@@ -12,6 +12,7 @@ be talked into sending to an impostor. Secret keys are never logged or put in an
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -24,8 +25,6 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-
-from declora.node.addressbook import is_loopback
 
 log = logging.getLogger("declora.wire.security")
 
@@ -198,6 +197,16 @@ def configure_client(sock: zmq.Socket, security: SecurityConfig, server_id: int)
 
 
 # ---- the plain-text rule ----------------------------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP. Other names are not resolved: what a name resolves to can change later."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def is_local_endpoint(endpoint: str) -> bool:
     """True for ipc://, inproc:// and tcp:// on a loopback address; `tcp://*` binds every interface, so it is not."""
     if endpoint.startswith(("ipc://", "inproc://")):

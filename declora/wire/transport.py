@@ -1,31 +1,20 @@
-"""Moving messages between peers: ZeroMQ sockets (the Harmony pattern), liveness, and the round inbox.
+"""The round inbox shared by every transport: send, collect and exchange rounds, the receive path, and counters.
 
-`ZmqTransport` binds one ROUTER for everything inbound and opens one DEALER per neighbour whose routing id is this
-peer's id (DESIGN.md section 2). A background I/O thread owns the receiving side: it validates every message with
-`protocol.from_frames`, answers PINGs, pings quiet neighbours and marks them down after
-`missed_intervals_before_down` silent intervals, so liveness keeps working while the main thread trains. The main
-thread sends (never blocking: a full queue or a missing connection returns False) and collects rounds.
-
-`InProcTransport` (from an `InProcNetwork`) has the same interface and runs every message through the same
-`to_frames`/`from_frames` and the same inbox logic, without sockets: for unit tests of the peer loop.
-
-Nothing is assumed symmetric beyond "I hear from my neighbours": a parameter server is a peer whose neighbours are
-all clients, and each client's only neighbour is the server.
+A subclass moves frames (`zmq_transport.ZmqTransport` over ZeroMQ, `inproc.InProcTransport` within one process) and
+says who is live; everything a peer receives goes through `_receive` here, so both validate and file messages the
+same way. Nothing is assumed symmetric beyond "I hear from my neighbours": a parameter server is a peer whose
+neighbours are all clients, and each client's only neighbour is the server.
 """
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import zmq
-from zmq.utils.monitor import recv_monitor_message
-
-from declora.wire import security as sec
+from declora.wire.liveness import Liveness
 from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
@@ -39,27 +28,9 @@ from declora.wire.protocol import (
     make_message,
     to_frames,
 )
+from declora.wire.throttled_log import ThrottledLog
 
 log = logging.getLogger("declora.wire.transport")
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """A neighbour quiet for `heartbeat_interval_s` gets a PING; quiet for `missed_intervals_before_down` intervals,
-    it counts as down until it speaks again."""
-
-    heartbeat_interval_s: float = 1.0
-    missed_intervals_before_down: int = 3
-
-    def __post_init__(self) -> None:
-        if not (self.heartbeat_interval_s > 0 and math.isfinite(self.heartbeat_interval_s)):
-            raise ValueError(f"heartbeat_interval_s must be a positive number, got {self.heartbeat_interval_s}")
-        if self.missed_intervals_before_down < 1:
-            raise ValueError(f"missed_intervals_before_down must be >= 1, got {self.missed_intervals_before_down}")
-
-    @property
-    def down_after_s(self) -> float:
-        return self.heartbeat_interval_s * self.missed_intervals_before_down
 
 
 @dataclass
@@ -73,52 +44,22 @@ class RoundResult:
     bytes_sent: int = 0  # this round's own message, once per neighbour it was handed to (no heartbeats)
 
 
-class _DropLog:
-    """One log line per dropped message, thinned out for floods: the first 10 of each reason, then every 1000th."""
-
-    def __init__(self, peer_id: int):
-        self.peer_id = peer_id
-        self.counts: Counter = Counter()
-
-    def __call__(self, reason: str, sender: object, detail: str) -> None:
-        self.counts[reason] += 1
-        n = self.counts[reason]
-        if n <= 10 or n % 1000 == 0:
-            log.warning("peer %d dropped a message from %s: %s (%s) [%d so far]", self.peer_id, sender, reason, detail, n)
-
-
-class _RefusalLog:
-    """One log line per refused connection (a failed handshake), thinned out like _DropLog."""
-
-    def __init__(self, peer_id: int):
-        self.peer_id = peer_id
-        self.counts: Counter = Counter()
-
-    def __call__(self, event: str) -> None:
-        self.counts[event] += 1
-        n = self.counts[event]
-        if n <= 10 or n % 1000 == 0:
-            log.warning("peer %d refused a connection: %s (wrong key, unknown key or no CURVE) [%d so far]",
-                        self.peer_id, event, n)
-
-
 class Transport:
-    """The round inbox, liveness bookkeeping and counters shared by the ZeroMQ and in-process transports.
+    """The round inbox and counters shared by the ZeroMQ and in-process transports.
 
-    Subclasses provide `_send_frames(to, frames) -> bool` and `_live_set() -> set[int]`, and feed every received
-    multipart message to `_receive(identity, frames)`, where `identity` is who the link layer says sent it.
+    Subclasses provide `start`, `close`, `_send_frames(to, frames) -> bool` and `_live_set() -> set[int]` (and may
+    override the liveness hooks below), and feed every received multipart message to `_receive(identity, frames)`,
+    where `identity` is who the link layer says sent it.
     """
 
     def __init__(self, peer_id: int, neighbours: Iterable[int], *, layout: AdapterLayout | None = None,
-                 limits: Limits = Limits(), liveness: Liveness = Liveness(), max_future_rounds: int = 4,
-                 decode: bool = True):
+                 limits: Limits = Limits(), liveness: Liveness = Liveness(), max_future_rounds: int = 4):
         self.peer_id = int(peer_id)
         self.neighbours: tuple[int, ...] = tuple(sorted({int(j) for j in neighbours} - {self.peer_id}))
         self.layout = layout
         self.limits = limits
         self.liveness = liveness
         self.max_future_rounds = int(max_future_rounds)
-        self.decode = decode  # False: received tensors keep their raw buffers (protocol.decode_message later)
         self.endpoint = ""
         self._cv = threading.Condition()
         self._inbox: dict[tuple[Kind, int], dict[int, Message]] = {}
@@ -133,7 +74,7 @@ class Transport:
         self._c_drop: Counter = Counter()
         self._c_down = Counter()
         self._c_events: Counter = Counter()
-        self._drop_log = _DropLog(self.peer_id)
+        self._drop_log = ThrottledLog(log, "peer %d dropped a message from %s: %s (%s) [%d so far]")
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> "Transport":
@@ -308,7 +249,7 @@ class Transport:
     # ---- the receive path ----------------------------------------------------------------------------------------------
     def _count_drop(self, reason: str, sender: object, detail: str) -> None:
         self._c_drop[reason] += 1
-        self._drop_log(reason, sender, detail)
+        self._drop_log(reason, self.peer_id, sender, reason, detail)
 
     def _drop(self, reason: str, sender: object, detail: str) -> None:
         with self._cv:
@@ -374,12 +315,11 @@ class Transport:
                 self._count_drop(problem[0], sender, problem[1])
                 self._cv.notify_all()
                 return
-        if self.decode:
-            try:  # outside the lock: decoding a big adapter takes a while
-                decode_message(msg)
-            except ProtocolError as e:
-                self._drop(e.reason, sender, str(e))
-                return
+        try:  # outside the lock: decoding a big adapter takes a while
+            decode_message(msg)
+        except ProtocolError as e:
+            self._drop(e.reason, sender, str(e))
+            return
         with self._cv:
             problem = self._round_problem(sender, msg)  # the main thread may have moved on meanwhile
             if problem:
@@ -396,387 +336,3 @@ class Transport:
             for sender in self._inbox.pop((kind, r)):
                 self._count_drop("evicted", sender, f"round {r} pushed out by newer rounds")
 
-
-# ---- ZeroMQ -------------------------------------------------------------------------------------------------------------
-_MONITOR_EVENTS = {
-    zmq.EVENT_DISCONNECTED: "disconnected",
-    zmq.EVENT_ACCEPTED: "accepted",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth_failed",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
-}
-
-
-class ZmqTransport(Transport):
-    """The Harmony pattern over ZeroMQ: one ROUTER in, one DEALER out per neighbour, liveness on an I/O thread.
-
-    `bind` may use port `*` (e.g. `tcp://127.0.0.1:*`); `endpoint` is the address actually bound. With `security`
-    every link is CurveZMQ and senders are named by their keys; without it, every endpoint must be loopback or
-    ipc:// unless `allow_plaintext_nonlocal`.
-    """
-
-    def __init__(self, peer_id: int, bind: str, neighbours: dict[int, str], *, layout: AdapterLayout | None = None,
-                 limits: Limits = Limits(), liveness: Liveness = Liveness(),
-                 security: sec.SecurityConfig | None = None, allow_plaintext_nonlocal: bool = False,
-                 sndhwm: int = 16, rcvhwm: int = 64, linger_s: float = 1.0, max_future_rounds: int = 4,
-                 decode: bool = True):
-        super().__init__(peer_id, neighbours, layout=layout, limits=limits, liveness=liveness,
-                         max_future_rounds=max_future_rounds, decode=decode)
-        self.bind_endpoint = bind
-        self.addresses = {int(j): ep for j, ep in neighbours.items() if int(j) != self.peer_id}
-        self.security = security
-        if security is None:
-            sec.check_plaintext([bind, *self.addresses.values()], allow_plaintext_nonlocal)
-        else:
-            for j in self.addresses:
-                security.key_of(j)  # fail at construction, not on the I/O thread, when a key is missing
-        self.sndhwm, self.rcvhwm, self.linger_ms = int(sndhwm), int(rcvhwm), int(linger_s * 1000)
-        self._ctx: zmq.Context | None = None
-        self._auth = None
-        self._router: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
-        self._dealers: dict[int, zmq.Socket] = {}
-        self._send_lock = threading.Lock()  # DEALERs are shared by the main and the I/O thread; zmq is not thread-safe
-        self._wake_addr = f"inproc://declora-wake-{id(self)}"
-        self._wake_send: zmq.Socket | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._last_heard: dict[int, float] = {}
-        self._last_ping: dict[int, float] = {}
-        self._confirmed: set[int] = set()  # answered a HELLO/PING of ours since it last (re)appeared
-        self._down: set[int] = set()  # was confirmed, then went silent or said BYE
-        self._refusal_log = _RefusalLog(self.peer_id)
-
-    # ---- lifecycle ------------------------------------------------------------------------------------------------
-    def start(self) -> "ZmqTransport":
-        if self._started:
-            return self
-        self._ctx = zmq.Context()
-        try:
-            if self.security is not None:
-                self._auth = sec.start_authenticator(self._ctx, self.security, self.addresses)
-            self._router = self._make_router()
-            for j, ep in sorted(self.addresses.items()):
-                self._dealers[j] = self._make_dealer(j, ep)
-            self._wake_send = self._ctx.socket(zmq.PAIR)
-            self._wake_send.bind(self._wake_addr)
-            wake_recv = self._ctx.socket(zmq.PAIR)
-            wake_recv.connect(self._wake_addr)
-        except Exception:
-            self._teardown()
-            raise
-        self._started = True
-        self._thread = threading.Thread(target=self._io_loop, args=(wake_recv,), name=f"declora-io-{self.peer_id}",
-                                        daemon=True)
-        self._thread.start()
-        log.info("peer %d listening on %s (%s), neighbours %s", self.peer_id, self.endpoint,
-                 "CURVE" if self.security else "plain text", list(self.neighbours))
-        return self
-
-    def _make_router(self) -> zmq.Socket:
-        s = self._ctx.socket(zmq.ROUTER)
-        s.linger = 0
-        s.rcvhwm = self.rcvhwm
-        s.maxmsgsize = self.limits.max_message_bytes  # per frame: ZeroMQ disconnects a sender that exceeds it
-        s.router_handover = 1  # a restarted peer takes its id back even if the old connection lingers
-        if self.security is not None:
-            sec.configure_server(s, self.security)
-        self._monitor = s.get_monitor_socket(sum(_MONITOR_EVENTS))
-        s.bind(self.bind_endpoint)
-        self.endpoint = s.last_endpoint.decode()
-        return s
-
-    def _make_dealer(self, j: int, endpoint: str) -> zmq.Socket:
-        s = self._ctx.socket(zmq.DEALER)
-        s.routing_id = str(self.peer_id).encode()
-        s.linger = self.linger_ms
-        s.sndhwm = self.sndhwm
-        s.rcvhwm = 4  # nobody should send to a DEALER; do not let anyone fill memory that way
-        s.sndtimeo = 0
-        s.immediate = 1  # no queueing towards a neighbour that is not connected: send fails fast instead
-        s.reconnect_ivl = 100
-        s.reconnect_ivl_max = int(max(200, self.liveness.heartbeat_interval_s * 1000))
-        if self.security is not None:
-            sec.configure_client(s, self.security, j)
-        s.connect(endpoint)
-        return s
-
-    def close(self) -> None:
-        """Say BYE to every neighbour, stop the I/O thread, close the sockets (lingering `linger_s` for queued
-        messages)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._started:
-            for j in self.neighbours:
-                self._send_control(j, Kind.BYE)
-            self._stop.set()
-            try:
-                with self._send_lock:
-                    self._wake_send.send(b"", zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-        self._teardown()
-        with self._cv:
-            self._cv.notify_all()
-
-    def _teardown(self) -> None:
-        with self._send_lock:
-            for s in [*self._dealers.values(), self._router, self._monitor, self._wake_send]:
-                if s is not None:
-                    s.close()
-            self._dealers.clear()
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-
-    # ---- sending ---------------------------------------------------------------------------------------------------------
-    def _send_frames(self, to: int, frames: list) -> bool:
-        with self._send_lock:
-            sock = self._dealers.get(to)
-            if sock is None:
-                return False
-            try:
-                sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                return False
-            except zmq.ZMQError as e:
-                log.warning("peer %d: send to %d failed: %s", self.peer_id, to, e)
-                return False
-
-    # ---- liveness -------------------------------------------------------------------------------------------------------
-    # A neighbour is live when (1) it has answered one of our HELLOs or PINGs since it (re)appeared, which proves
-    # both directions work (our DEALER reached its ROUTER, its DEALER reached ours; hearing from it alone does not
-    # mean our sends get through: DEALERs connect asynchronously and IMMEDIATE refuses to queue meanwhile), and
-    # (2) we heard anything from it within the last `missed_intervals_before_down` intervals.
-    def _live_set(self) -> set[int]:
-        now = time.monotonic()
-        limit = self.liveness.down_after_s
-        return {j for j in self._confirmed if now - self._last_heard.get(j, -math.inf) <= limit}
-
-    def _down_set(self) -> set[int]:
-        with self._cv:
-            return set(self._down)
-
-    def _heard(self, sender: int, msg: Message) -> None:
-        self._last_heard[sender] = time.monotonic()
-        if msg.kind == Kind.PONG or (msg.kind == Kind.HELLO and msg.body.get("reply")):
-            if sender not in self._confirmed:
-                self._confirmed.add(sender)
-                if sender in self._down:
-                    self._down.discard(sender)
-                    log.info("peer %d: neighbour %d is up again", self.peer_id, sender)
-                self._cv.notify_all()
-
-    def _said_bye(self, sender: int) -> None:
-        self._confirmed.discard(sender)
-        if sender not in self._down:
-            self._down.add(sender)
-            self._c_down[sender] += 1
-            log.info("peer %d: neighbour %d said bye", self.peer_id, sender)
-
-    def poll_liveness(self) -> None:
-        """Mark neighbours down that have been silent too long; HELLO the unconfirmed ones and PING the quiet ones
-        (the I/O thread calls this every quarter interval; calling it by hand is harmless)."""
-        now = time.monotonic()
-        interval = self.liveness.heartbeat_interval_s
-        to_ping = []
-        with self._cv:
-            changed = False
-            for j in self.neighbours:
-                silent = now - self._last_heard.get(j, -math.inf)
-                if j in self._confirmed and silent > self.liveness.down_after_s:
-                    self._confirmed.discard(j)
-                    self._down.add(j)
-                    self._c_down[j] += 1
-                    changed = True
-                    log.warning("peer %d: neighbour %d is down (silent for %.1f s)", self.peer_id, j, silent)
-                if now - self._last_ping.get(j, -math.inf) < interval:
-                    continue
-                if j not in self._confirmed:
-                    to_ping.append((j, Kind.HELLO))  # (re)start: it learns our endpoint/layout, its reply confirms
-                elif silent >= interval:
-                    to_ping.append((j, Kind.PING))
-                else:
-                    continue
-                self._last_ping[j] = now
-            if changed:
-                self._cv.notify_all()
-        for j, kind in to_ping:
-            self._send_control(j, kind, self._hello_body() if kind == Kind.HELLO else None)
-
-    # ---- the I/O thread ------------------------------------------------------------------------------------------------
-    def _io_loop(self, wake: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
-        tick = min(0.1, self.liveness.heartbeat_interval_s / 4)
-        next_tick = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-                events = dict(poller.poll(timeout_ms))
-                if self._stop.is_set():
-                    break
-                if self._router in events:
-                    self._drain_router()
-                if self._monitor in events:
-                    self._drain_monitor()
-                if time.monotonic() >= next_tick:
-                    self._drain_dealers()
-                    self.poll_liveness()
-                    next_tick = time.monotonic() + tick
-        except Exception:  # noqa: BLE001 - a bug here must not kill liveness silently
-            log.exception("peer %d: I/O thread failed", self.peer_id)
-        finally:
-            wake.close()
-
-    def _drain_router(self, budget: int = 256) -> None:
-        for _ in range(budget):
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            identity = self._identity(frames)
-            self._receive(identity, frames[1:] if len(frames) > 1 else [])
-
-    def _identity(self, frames: list) -> int | None:
-        """Who sent this: the CURVE-authenticated peer id, or in plain text the DEALER's routing id."""
-        if self.security is not None:
-            try:
-                user = frames[-1].get("User-Id")
-            except (zmq.ZMQError, IndexError):
-                return None
-            return int(user) if user.isdigit() else None
-        rid = bytes(frames[0].buffer)
-        return int(rid) if 0 < len(rid) <= 10 and rid.isdigit() else None
-
-    def _drain_monitor(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            name = _MONITOR_EVENTS.get(event["event"])
-            if name:
-                with self._cv:
-                    self._c_events[name] += 1
-                if name in ("auth_failed", "handshake_failed_protocol", "handshake_failed"):
-                    self._refusal_log(name)
-
-    def _drain_dealers(self) -> None:
-        """Nobody should send to our DEALERs (replies come in through their DEALER to our ROUTER): discard."""
-        n = 0
-        with self._send_lock:
-            for s in self._dealers.values():
-                while s.poll(0):
-                    s.recv_multipart(zmq.NOBLOCK)
-                    n += 1
-        if n:
-            with self._cv:
-                self._c_drop["unexpected_on_dealer"] += n
-
-
-# ---- in-process twin ----------------------------------------------------------------------------------------------------
-class InProcNetwork:
-    """A hub of in-process transports: `net.transport(peer_id, neighbours)`; `kill(peer_id)` is a crash (no BYE)."""
-
-    def __init__(self, limits: Limits = Limits()):
-        self.limits = limits
-        self._lock = threading.Lock()
-        self._peers: dict[int, InProcTransport] = {}
-
-    def transport(self, peer_id: int, neighbours: Iterable[int], **kwargs) -> "InProcTransport":
-        kwargs.setdefault("limits", self.limits)
-        return InProcTransport(self, peer_id, neighbours, **kwargs)
-
-    def _register(self, t: "InProcTransport") -> None:
-        with self._lock:
-            self._peers[t.peer_id] = t
-        self._notify_all()
-
-    def _unregister(self, t: "InProcTransport") -> None:
-        with self._lock:
-            if self._peers.get(t.peer_id) is t:
-                del self._peers[t.peer_id]
-        self._notify_all()
-
-    def kill(self, peer_id: int) -> None:
-        """Take a peer off the network without a BYE, as a SIGKILL would."""
-        with self._lock:
-            t = self._peers.pop(peer_id, None)
-        if t is not None:
-            t._closed = True
-        self._notify_all()
-
-    def is_up(self, peer_id: int) -> bool:
-        with self._lock:
-            return peer_id in self._peers
-
-    def get(self, peer_id: int) -> "InProcTransport | None":
-        with self._lock:
-            return self._peers.get(peer_id)
-
-    def deliver_raw(self, to: int, sender_identity: int | None, frames: Sequence) -> None:
-        """Hand raw frames to peer `to` as if the link layer said they came from `sender_identity`."""
-        t = self.get(to)
-        if t is not None:
-            t._receive(sender_identity, [bytes(memoryview(f).cast("B")) for f in frames])
-
-    def _notify_all(self) -> None:
-        with self._lock:
-            peers = list(self._peers.values())
-        for t in peers:
-            with t._cv:
-                t._cv.notify_all()
-
-
-class InProcTransport(Transport):
-    """The same interface in one process. Frames are copied to bytes on the way, as a socket would, and go through
-    the same validation. Liveness is exact: a neighbour is live while its transport is open on the network."""
-
-    def __init__(self, network: InProcNetwork, peer_id: int, neighbours: Iterable[int], **kwargs):
-        super().__init__(peer_id, neighbours, **kwargs)
-        self.network = network
-        self.endpoint = f"inproc://peer-{peer_id}"
-
-    def start(self) -> "InProcTransport":
-        if not self._started:
-            self._started = True
-            self.network._register(self)
-            for j in self.neighbours:
-                if self.network.is_up(j):
-                    self._send_control(j, Kind.HELLO, self._hello_body())
-        return self
-
-    def close(self) -> None:
-        if self._closed or not self._started:
-            self._closed = True
-            return
-        for j in self.neighbours:
-            if self.network.is_up(j):
-                self._send_control(j, Kind.BYE)
-        self._closed = True
-        self.network._unregister(self)
-
-    def _send_frames(self, to: int, frames: list) -> bool:
-        if self._closed:
-            return False
-        target = self.network.get(to)
-        if target is None:
-            return False
-        target._receive(self.peer_id, [bytes(memoryview(f).cast("B")) for f in frames])
-        return True
-
-    def _live_set(self) -> set[int]:
-        return {j for j in self.neighbours if self.network.is_up(j)}
-
-    def _down_set(self) -> set[int]:
-        return {j for j in self.neighbours if not self.network.is_up(j)}

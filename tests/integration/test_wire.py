@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from declora.core import aggregate
-from declora.wire.protocol import encode_adapter
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter
+from declora.wire.protocol import Kind, from_frames, make_message, to_frames
 from declora.wire.security import generate_keys
-from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row
+from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
+from declora.core.topology_files import load_topology
 
 from .wire_peer import Cluster, state_to_adapter, synthetic_adapter
 
@@ -23,7 +25,10 @@ HEARTBEAT, MISSED = 0.25, 6  # a silent neighbour is down after 1.5 s (2 cores s
 
 def seen_by_receivers(adapter, codec):
     """What neighbours decode from this adapter: deterministic rounding, no error feedback."""
-    return adapter if codec == "fp32" else encode_adapter(adapter, codec)[1]
+    if codec == "fp32":
+        return adapter
+    message = make_message(Kind.FACTORS, 0, 0, encode_adapter(adapter, codec))
+    return message_to_adapter(from_frames([bytes(memoryview(f).cast("B")) for f in to_frames(message)]))
 
 
 def assert_close(a, b, atol):

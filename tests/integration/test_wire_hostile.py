@@ -14,7 +14,8 @@ import torch
 import zmq
 
 from declora.core.factors import Adapter, LoraFactor
-from declora.wire.protocol import Kind, encode_adapter, make_message, to_frames
+from declora.wire.adapter_messages import encode_adapter
+from declora.wire.protocol import Kind, make_message, to_frames
 from declora.wire.security import generate_keys, load_security
 
 from .wire_peer import ALPHA, DIN, DOUT, RANK, Cluster, state_to_adapter, synthetic_adapter
@@ -29,7 +30,7 @@ def frames(msg):
 
 
 def factors(sender, round, adapter=None):
-    return frames(make_message(Kind.FACTORS, sender, round, encode_adapter(adapter or synthetic_adapter(sender))[0]))
+    return frames(make_message(Kind.FACTORS, sender, round, encode_adapter(adapter or synthetic_adapter(sender))))
 
 
 def reheader(fr, **changes):

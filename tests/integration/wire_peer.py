@@ -24,9 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from declora.core import aggregate  # noqa: E402
 from declora.core.factors import Adapter, LoraFactor  # noqa: E402
-from declora.wire.protocol import AdapterLayout, Kind, Limits, encode_adapter, make_message, message_to_adapter  # noqa: E402
-from declora.core.topology import load_topology, mixing_matrix, mixing_row, renormalize_row  # noqa: E402
-from declora.wire.transport import Liveness, ZmqTransport  # noqa: E402
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter  # noqa: E402
+from declora.wire.protocol import AdapterLayout, Kind, Limits, make_message  # noqa: E402
+from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row  # noqa: E402
+from declora.core.topology_files import load_topology  # noqa: E402
+from declora.wire.liveness import Liveness  # noqa: E402
+from declora.wire.zmq_transport import ZmqTransport  # noqa: E402
 
 MODULES, DIN, DOUT, RANK, ALPHA = 2, 12, 10, 3, 6.0
 
@@ -132,7 +135,7 @@ def main() -> int:
             record = {"round": t, "sent": adapter_state(mine), "heard": None}
             trace.append(record)
             save_trace(trace, out, name)
-            tensors, _ = encode_adapter(mine, args.codec, return_decoded=False)
+            tensors = encode_adapter(mine, args.codec)
             result = transport.exchange(t, make_message(Kind.FACTORS, args.id, t, tensors), args.deadline)
             theirs = {j: message_to_adapter(m, layout) for j, m in result.received.items()}
             weights = renormalize_row(row, args.id, heard=set(theirs))

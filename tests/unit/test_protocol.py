@@ -5,22 +5,23 @@ import msgpack
 import pytest
 import torch
 
-from declora.core.codecs import CODEC_NAMES, ErrorFeedback, make_codec
+from declora.core.codecs import CODEC_NAMES, make_codec
+from declora.core.error_feedback import ErrorFeedback
 from declora.core.factors import Adapter, LoraFactor
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter
 from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
     AdapterLayout,
     Kind,
     Limits,
+    Message,
     ModuleLayout,
     ProtocolError,
     WireTensor,
     decode_message,
-    encode_adapter,
     from_frames,
     make_message,
-    message_to_adapter,
     to_frames,
 )
 
@@ -39,8 +40,17 @@ def frames_of(msg):
 
 
 def valid(kind=Kind.FACTORS, codec="fp32", **kw):
-    tensors, _ = encode_adapter(adapter(**kw), codec)
-    return frames_of(make_message(kind, 3, 7, tensors))
+    return frames_of(make_message(kind, 3, 7, encode_adapter(adapter(**kw), codec)))
+
+
+def decoded_by_receiver(tensors):
+    """What a receiver makes of these tensors: frames, validation, decoding."""
+    return message_to_adapter(from_frames(frames_of(make_message(Kind.FACTORS, 0, 0, tensors))))
+
+
+def decoded_by_sender(tensors):
+    """The codec's decoding of the sender's own buffers, no frames involved: the reference for what the wire does."""
+    return message_to_adapter(Message(Kind.FACTORS, 0, 0, tensors=list(tensors)))
 
 
 def header(frames):
@@ -75,16 +85,16 @@ def assert_same_adapter(a, b, atol=0.0):
 @pytest.mark.parametrize("kind", sorted(TENSOR_KINDS, key=lambda k: k.value))
 def test_tensor_kinds_round_trip_with_every_codec(kind, codec):
     a = adapter()
-    tensors, decoded_self = encode_adapter(a, codec)
+    tensors = encode_adapter(a, codec)
     msg = make_message(kind, 5, 11, tensors, body={"samples": 123})
     layout = AdapterLayout.from_adapter(a, equal_rank=True)
     got = from_frames(frames_of(msg), layout=layout)
     assert (got.kind, got.sender, got.round, got.body, got.version) == (kind, 5, 11, {"samples": 123}, PROTOCOL_VERSION)
     assert got.nbytes == msg.nbytes == sum(len(f) for f in frames_of(msg))
-    # What the receiver sees is exactly what the sender predicted it would see.
-    assert_same_adapter(message_to_adapter(got, layout), decoded_self)
+    # The wire changes nothing: the receiver decodes exactly what the codec makes of the sender's buffers.
+    assert_same_adapter(message_to_adapter(got, layout), decoded_by_sender(tensors))
     if codec == "fp32":
-        assert_same_adapter(decoded_self, a)
+        assert_same_adapter(message_to_adapter(got), a)
 
 
 @pytest.mark.parametrize("kind", [Kind.HELLO, Kind.PING, Kind.PONG, Kind.BYE])
@@ -99,14 +109,14 @@ def test_control_kinds_round_trip(kind):
 
 
 def test_control_kinds_refuse_tensors():
-    tensors, _ = encode_adapter(adapter(), "fp32")
+    tensors = encode_adapter(adapter(), "fp32")
     with pytest.raises(ValueError):
         make_message(Kind.PING, 0, 0, tensors)
 
 
 def test_small_buffers_are_packed_into_one_frame_and_big_ones_travel_alone():
     big = Adapter({"m": LoraFactor(torch.randn(16, 4096), torch.randn(4096, 16), 32.0)}, {"b": torch.randn(3)})
-    tensors, _ = encode_adapter(big, "fp32")  # factors 256 KiB each: own frames; the dense bias: packed
+    tensors = encode_adapter(big, "fp32")  # factors 256 KiB each: own frames; the dense bias: packed
     frames = to_frames(make_message(Kind.FACTORS, 0, 0, tensors))
     assert len(frames) == 1 + 1 + 2
     assert [memoryview(f).nbytes for f in frames[2:]] == [262144, 262144]
@@ -114,28 +124,30 @@ def test_small_buffers_are_packed_into_one_frame_and_big_ones_travel_alone():
     assert frames[2] is tensors[0].encoded.buffers[0]
     unpacked = to_frames(make_message(Kind.FACTORS, 0, 0, tensors, pack_below=0))
     assert len(unpacked) == 1 + 3
-    int8 = to_frames(make_message(Kind.FACTORS, 0, 0, encode_adapter(big, "int8")[0]))
+    int8 = to_frames(make_message(Kind.FACTORS, 0, 0, encode_adapter(big, "int8")))
     assert len(int8) == 2  # 64 KiB codes and 4 KiB scales all share one frame (measured to pay)
     for fr in (frames, unpacked):
         assert_same_adapter(message_to_adapter(from_frames(fr)), big)
 
 
 def test_packed_buffers_are_aligned():
-    tensors, _ = encode_adapter(adapter(din=7, dout=5, r=3), "int4")  # odd sizes everywhere
+    tensors = encode_adapter(adapter(din=7, dout=5, r=3), "int4")  # odd sizes everywhere
     h = header(frames_of(make_message(Kind.FACTORS, 0, 0, tensors)))
     offsets = [off for t in h["tensors"] for fi, off, n in t["bufs"]]
     assert offsets and all(off % 16 == 0 for off in offsets)
 
 
-def test_error_feedback_is_used_and_decoded_self_matches_the_wire():
+def test_error_feedback_carries_what_quantization_lost_into_the_next_message():
     a = adapter()
     ef = ErrorFeedback(make_codec("int8"))
-    _, first = encode_adapter(a, "int8", error_feedback=ef)
-    tensors, second = encode_adapter(a, "int8", error_feedback=ef)
-    assert ef.residual("layer.0.q.A") is not None
+    first = decoded_by_receiver(encode_adapter(a, "int8", error_feedback=ef))
+    second = decoded_by_receiver(encode_adapter(a, "int8", error_feedback=ef))
+    residual = ef.residual("layer.0.q.A")
+    assert residual is not None
     assert not torch.equal(first.factors["layer.0.q"].A, second.factors["layer.0.q"].A)  # the residual went in
-    got = message_to_adapter(from_frames(frames_of(make_message(Kind.FACTORS, 0, 1, tensors))))
-    assert_same_adapter(got, second)
+    # What receivers decoded over both rounds is what was sent, less what the sender still holds back.
+    torch.testing.assert_close(first.factors["layer.0.q"].A + second.factors["layer.0.q"].A,
+                               2 * a.factors["layer.0.q"].A - residual, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="error feedback uses codec"):
         encode_adapter(a, "int4", error_feedback=ef)
 
@@ -149,7 +161,7 @@ def test_decode_can_be_deferred():
 
 def test_heterogeneous_ranks_pass_a_range_layout_and_fail_an_equal_rank_one():
     mine = adapter(r=4)
-    theirs = frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(adapter(r=8), "fp32")[0]))
+    theirs = frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(adapter(r=8), "fp32")))
     from_frames(theirs, layout=AdapterLayout.from_adapter(mine, max_rank=16))
     assert reason_of(theirs, layout=AdapterLayout.from_adapter(mine, max_rank=6)) == "rank"
     assert reason_of(theirs, layout=AdapterLayout.from_adapter(mine, equal_rank=True)) == "rank"
@@ -157,10 +169,10 @@ def test_heterogeneous_ranks_pass_a_range_layout_and_fail_an_equal_rank_one():
 
 def test_rslora_and_alpha_travel_and_are_checked():
     a = Adapter({"m": LoraFactor(torch.randn(2, 4), torch.randn(3, 2), 5.0, rslora=True)})
-    got = message_to_adapter(from_frames(frames_of(make_message(Kind.FACTORS, 0, 0, encode_adapter(a)[0]))))
+    got = decoded_by_receiver(encode_adapter(a))
     assert got.factors["m"].rslora and got.factors["m"].alpha == 5.0
     other = Adapter({"m": LoraFactor(torch.randn(2, 4), torch.randn(3, 2), 6.0, rslora=True)})
-    frames = frames_of(make_message(Kind.FACTORS, 0, 0, encode_adapter(other)[0]))
+    frames = frames_of(make_message(Kind.FACTORS, 0, 0, encode_adapter(other)))
     assert reason_of(frames, layout=AdapterLayout.from_adapter(a)) == "alpha"
     from_frames(frames, layout=AdapterLayout.from_adapter(a, same_alpha=False))
 
@@ -251,7 +263,7 @@ def test_each_bad_message_is_rejected_with_its_reason(name):
     ("dense shape", lambda a: Adapter(a.factors, {**a.dense, "head.bias": torch.randn(3)}), "shape"),
 ])
 def test_layout_violations(name, edit, reason):
-    frames = frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(edit(adapter()), "fp32")[0]))
+    frames = frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(edit(adapter()), "fp32")))
     from_frames(frames)  # well-formed on its own...
     assert reason_of(frames, layout=LAYOUT) == reason  # ...but not what this receiver trains
 
@@ -274,7 +286,7 @@ def test_errors_say_what_is_wrong():
     with pytest.raises(ProtocolError, match=r"layer.0.q.*shape \[4, 31\], expected \[4, 32\]"):
         bad = Adapter({k: LoraFactor(torch.randn(4, 31), f.B, f.alpha) for k, f in adapter().factors.items()},
                       adapter().dense)
-        from_frames(frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(bad)[0])), layout=LAYOUT)
+        from_frames(frames_of(make_message(Kind.FACTORS, 1, 0, encode_adapter(bad))), layout=LAYOUT)
 
 
 def test_layout_from_body_rejects_garbage():
@@ -288,7 +300,7 @@ def test_layout_from_body_rejects_garbage():
 
 def test_wire_tensor_round_trip_keeps_dense_role():
     a = adapter()
-    tensors, _ = encode_adapter(a, "int8")
+    tensors = encode_adapter(a, "int8")
     roles = [t.role for t in tensors]
     assert roles.count("dense") == 2 and roles.count("A") == roles.count("B") == 3
     # Dense tensors go as fp32 by default, whatever the factor codec: they are small and precision-sensitive.

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from declora.core.factors import Adapter, LoraFactor
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter
 from declora.wire.protocol import (
     HEADER_KEYS,
     TENSOR_KEYS,
@@ -18,10 +19,8 @@ from declora.wire.protocol import (
     Kind,
     Limits,
     ProtocolError,
-    encode_adapter,
     from_frames,
     make_message,
-    message_to_adapter,
     to_frames,
 )
 
@@ -40,7 +39,7 @@ def _adapter():
 ADAPTER = _adapter()
 LAYOUT = AdapterLayout.from_adapter(ADAPTER, max_rank=8)
 VALID = {codec: [bytes(memoryview(f).cast("B"))
-                 for f in to_frames(make_message(Kind.FACTORS, 1, 3, encode_adapter(ADAPTER, codec)[0]))]
+                 for f in to_frames(make_message(Kind.FACTORS, 1, 3, encode_adapter(ADAPTER, codec)))]
          for codec in ("fp32", "fp16", "bf16", "int8", "int4")}
 
 

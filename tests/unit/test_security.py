@@ -91,7 +91,7 @@ def test_plain_text_only_on_loopback_unless_insecure():
 
 
 def test_zmq_transport_refuses_plain_text_to_another_host_before_opening_sockets():
-    from declora.wire.transport import ZmqTransport
+    from declora.wire.zmq_transport import ZmqTransport
 
     with pytest.raises(SecurityError, match="declora keys make"):
         ZmqTransport(0, "tcp://127.0.0.1:*", {1: "tcp://192.168.1.20:6000"})

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from declora.core.factors import Adapter, LoraFactor
-from declora.wire.protocol import AdapterLayout, Kind, encode_adapter, make_message, message_to_adapter, to_frames
-from declora.wire.transport import InProcNetwork, RoundResult
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter
+from declora.wire.inproc import InProcNetwork
+from declora.wire.protocol import AdapterLayout, Kind, make_message, to_frames
+from declora.wire.transport import RoundResult
 
 
 def adapter(seed):
@@ -21,7 +23,7 @@ LAYOUT = AdapterLayout.from_adapter(adapter(0), equal_rank=True)
 
 
 def factors(sender, round, kind=Kind.FACTORS, seed=None):
-    return make_message(kind, sender, round, encode_adapter(adapter(sender if seed is None else seed), "fp32")[0])
+    return make_message(kind, sender, round, encode_adapter(adapter(sender if seed is None else seed), "fp32"))
 
 
 def ring(n, net=None, **kw):
@@ -188,7 +190,7 @@ def test_bad_input_is_dropped_counted_and_never_raises():
 def test_layout_is_enforced_on_receive():
     net, (a, b) = ring(2)
     wrong = Adapter({"m": LoraFactor(torch.randn(3, 6), torch.randn(5, 3), 4.0)}, {"head": torch.randn(3)})
-    assert b.send(0, make_message(Kind.FACTORS, 1, 0, encode_adapter(wrong)[0]))  # sent fine, refused on arrival
+    assert b.send(0, make_message(Kind.FACTORS, 1, 0, encode_adapter(wrong)))  # sent fine, refused on arrival
     assert a.collect(0, Kind.FACTORS, {1}, deadline_s=0).received == {}
     assert a.counters()["dropped"] == {"rank": 1}
 
