@@ -18,10 +18,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MODES = ("gossip", "stack", "svd", "zeropad", "centralized")
-SERVER_AGGREGATIONS = ("fedit", "flora", "flexlora", "zeropad")
-CODECS = ("fp32", "fp16", "bf16", "int8", "int4")
-MIXING_RULES = ("metropolis", "maxdegree", "laplacian")
+from declora.core.codecs import CODEC_NAMES
+from declora.core.mixing import MIXING_RULES
+from declora.core.strategies import SERVER_ALIASES, STRATEGIES, get_strategy
+from declora.learn.model import TASKS
+from declora.learn.training import SCHEDULES
+
+# The choices come from the modules that own them: a new strategy, codec or mixing rule is a new choice here.
+MODES = (*STRATEGIES, "centralized")
+SERVER_AGGREGATIONS = tuple(SERVER_ALIASES)
 DEFAULT_RANK = 8  # LoRA rank when neither --ranks nor the topology file gives one
 
 
@@ -46,7 +51,7 @@ class RunConfig:
     mixing: str = _opt("metropolis", "mixing weights: metropolis | maxdegree | laplacian", choices=MIXING_RULES)
     mode: str = _opt("gossip", "aggregation: gossip | stack | svd | zeropad | centralized", choices=MODES)
     server: str = _opt("", "run the parameter-server baseline instead of gossip: fedit | flora | flexlora | zeropad")
-    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODECS)
+    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODEC_NAMES)
     block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
     stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
     error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
@@ -57,17 +62,15 @@ class RunConfig:
     rslora: bool = _opt(False, "rank-stabilized scaling alpha/sqrt(r)")
     # Training.
     partition: str = _opt("dirichlet:0.5", "how the data is split: iid | dirichlet:ALPHA | labelskew:K | files")
-    # The defaults are the demo run: 4 peers x 150 steps of 32 on a Dirichlet(0.5) split of SST-2. Mixing every 5
-    # steps kept the peers' non-IID drift small (10 steps per round ended 2 points lower, peers further apart), and
-    # gossip averages 4 peers' steps into about one, so it takes a higher rate than one process would.
+    # The defaults are the demo run (4 peers x 150 steps of 32, Dirichlet(0.5) SST-2): few local steps per round keep
+    # non-IID drift small, and gossip averages the peers' steps, so it takes a higher rate than one process would.
+    # The measurements behind these choices are in benchmarks/README.md ("Figures measured during development").
     rounds: int = _opt(30, "communication rounds")
     local_steps: int = _opt(5, "local optimizer steps per round")
     batch_size: int = _opt(32, "examples per step")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    group_by_length: bool = _opt(False, "batches of similar-length examples: less padding, ~2.8x faster MiniLM steps "
-                                        "on SST-2 (Hugging Face's group_by_length)")
-    # One process on pooled SST-2 reaches 81/82/84% after 100/200/400 steps at 2e-3 / 5e-3 (declora/learn/training.py);
-    # 4 gossiping peers on a Dirichlet(0.5) split needed twice that rate (1e-3 ended at 79%, 4e-3 at 80-82%).
+    group_by_length: bool = _opt(False, "batches of similar-length examples: less padding, faster steps (Hugging "
+                                        "Face's group_by_length)")
     lr: float = _opt(4e-3, "AdamW learning rate of the LoRA factors")
     head_lr: float = _opt(1e-2, "learning rate of the other trainable tensors (classifier head); 0 = same as --lr")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
@@ -102,7 +105,13 @@ class RunConfig:
     # ---- derived values -----------------------------------------------------------------------------------------
     def rank_list(self) -> list[int]:
         """Every peer's LoRA rank: --ranks when given (it wins over a topology file), else the topology file's
-        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all."""
+        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all. Resolved once per config
+        (the file is read once); a frozen dataclass, so the cache goes straight into the instance dict."""
+        if "_ranks" not in self.__dict__:
+            object.__setattr__(self, "_ranks", self._resolve_ranks())
+        return list(self.__dict__["_ranks"])
+
+    def _resolve_ranks(self) -> list[int]:
         values = [int(v) for v in str(self.ranks).split(",") if v.strip()]
         if not values:
             return self.topology_file_ranks() or [DEFAULT_RANK] * self.peers
@@ -115,7 +124,8 @@ class RunConfig:
         is reported by the topology check, with its own message)."""
         if not Path(self.topology).is_file():
             return None
-        from declora.core.topology import TopologyError, load_topology_file
+        from declora.core.graphs import TopologyError
+        from declora.core.topology_files import load_topology_file
 
         try:
             nodes = load_topology_file(self.topology).nodes
@@ -141,6 +151,11 @@ class RunConfig:
     def host_list(self) -> list[str]:
         return [h.strip() for h in self.hosts.split(",") if h.strip()]
 
+    @property
+    def server_id(self) -> int:
+        """The parameter server, when there is one, takes the id after the last client."""
+        return self.peers
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -164,8 +179,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
     need(cfg.server in ("",) + SERVER_AGGREGATIONS,
          f"--server must be one of {', '.join(SERVER_AGGREGATIONS)} (or empty for gossip), got {cfg.server!r}")
-    need(cfg.task in ("auto", "classification", "causal_lm"), f"--task must be auto, classification or causal_lm, got {cfg.task!r}")
-    need(cfg.schedule in ("constant", "linear", "cosine"), f"--schedule must be constant, linear or cosine, got {cfg.schedule!r}")
+    need(cfg.task in ("auto", *TASKS), f"--task must be auto, {' or '.join(TASKS)}, got {cfg.task!r}")
+    need(cfg.schedule in SCHEDULES, f"--schedule must be {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     try:
         ranks = cfg.rank_list()
     except ValueError:
@@ -173,14 +188,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(len(ranks) == cfg.peers, f"{cfg.ranks_origin()} gives {len(ranks)} ranks for {cfg.peers} peers; give one value "
                                   f"or one per peer (--ranks)")
     need(all(r >= 1 for r in ranks), f"--ranks must all be >= 1, got {cfg.ranks!r}")
-    if cfg.mode == "gossip" and not cfg.server:
-        need(len(set(ranks)) == 1, f"gossip averages A and B, so ranks must match, but {cfg.ranks_origin()} gives "
-                                   f"{','.join(map(str, ranks))}; use --mode svd, stack or zeropad for heterogeneous "
-                                   f"ranks, or one --ranks value")
-    if cfg.server == "fedit":
-        need(len(set(ranks)) == 1, f"--server fedit averages A and B, so ranks must match, but {cfg.ranks_origin()} "
-                                   f"gives {','.join(map(str, ranks))}; use flora, flexlora or zeropad for "
-                                   f"heterogeneous ranks")
+    rule = cfg.server or (cfg.mode if cfg.mode != "centralized" else "")
+    if rule and get_strategy(rule).equal_ranks and len(set(ranks)) > 1:
+        others = [n for n in (SERVER_AGGREGATIONS if cfg.server else STRATEGIES) if not get_strategy(n).equal_ranks]
+        what, flag = (f"--server {cfg.server}", "--server") if cfg.server else (cfg.mode, "--mode")
+        raise ConfigError(f"{what} averages A and B, so ranks must match, but {cfg.ranks_origin()} gives "
+                          f"{','.join(map(str, ranks))}; use {flag} {', '.join(others[:-1])} or {others[-1]} for heterogeneous "
+                          f"ranks, "
+                          f"or one --ranks value")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

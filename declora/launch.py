@@ -23,16 +23,11 @@ from declora.node.metrics import plot_run, progress_line, read_run_metrics, roun
 POLL_S = 0.5
 
 
-def server_id(cfg: RunConfig) -> int:
-    """The parameter server, when there is one, takes the id after the last client."""
-    return cfg.peers
-
-
 def process_ids(cfg: RunConfig) -> list[int]:
     """The OS processes of a run: one per peer, one for centralized training, plus the server for a server run."""
     if cfg.mode == "centralized":
         return [0]
-    return list(range(cfg.peers)) + ([server_id(cfg)] if cfg.server else [])
+    return list(range(cfg.peers)) + ([cfg.server_id] if cfg.server else [])
 
 
 def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
@@ -141,13 +136,13 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
     resume_round = None
     if cfg.resume:
         # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
-        resume_round = common_resume_round(run_dir, [i for i in ids if not (cfg.server and i == server_id(cfg))])
+        resume_round = common_resume_round(run_dir, [i for i in ids if not (cfg.server and i == cfg.server_id)])
         print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
               else "declora: nothing to resume, starting at round 1", file=out, flush=True)
     for pid in ids:
-        role = "server" if cfg.server and pid == server_id(cfg) else "peer"
+        role = "server" if cfg.server and pid == cfg.server_id else "peer"
         procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
-    expected = len([pid for pid in ids if not (cfg.server and pid == server_id(cfg))])
+    expected = len([pid for pid in ids if not (cfg.server and pid == cfg.server_id)])
     printed = -1
     dead_reported: set[int] = set()
     status = 0
@@ -157,7 +152,7 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
                 if pid in dead_reported:
                     continue
                 dead_reported.add(pid)
-                who = "server" if cfg.server and pid == server_id(cfg) else f"peer {pid}"
+                who = "server" if cfg.server and pid == cfg.server_id else f"peer {pid}"
                 print(f"declora: {who} died (exit code {code}): {procs.why(pid)}\n  log: {procs.logs[pid]}\n"
                       f"{procs.log_tail(pid)}", file=out, flush=True)
                 if not cfg.fault_tolerant:
@@ -244,7 +239,7 @@ def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | Non
     cfg = replace(cfg, peers_per_node=per_node)
     ids = [i for i in range(node * per_node, min(cfg.peers, (node + 1) * per_node))]
     if cfg.server and node == 0:
-        ids.append(server_id(cfg))
+        ids.append(cfg.server_id)
     if not ids:
         print(f"declora: node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node)", file=out)
         return 2

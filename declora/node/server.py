@@ -21,48 +21,39 @@ from pathlib import Path
 
 import torch
 
-from declora.core import aggregate
-from declora.node.addressbook import address_book, bind_endpoint
 from declora.config import ConfigError, RunConfig, add_server_flags, resolve
+from declora.core import aggregate
 from declora.core.factors import Adapter
+from declora.core.strategies import Strategy, get_strategy
 from declora.node.metrics import MetricsWriter
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter
+from declora.wire.protocol import AdapterLayout, Kind, ProtocolError, make_message
 
 log = logging.getLogger("declora.node.server")
 
 
-def aggregate_updates(method: str, updates: dict[int, Adapter], samples: dict[int, int], alpha: float,
+def aggregate_updates(strategy: Strategy, updates: dict[int, Adapter], samples: dict[int, int], alpha: float,
                       rslora: bool = False) -> dict[int, Adapter]:
-    """Client id -> the adapter it gets back. Pure: no sockets, testable on its own."""
+    """Client id -> the adapter it gets back, weighted by data shares. Pure: no sockets, testable on its own. A
+    strategy whose result depends on the receiver's rank gives each client its own; the others one for all."""
     ids = sorted(updates)
     adapters = [updates[i] for i in ids]
     weights = aggregate.data_share_weights([samples[i] for i in ids])
-    if method == "fedit":
-        shared = aggregate.gossip(adapters, weights)
-        return {i: shared for i in ids}
-    if method == "flora":
-        shared = aggregate.stack(adapters, weights)
-        return {i: shared for i in ids}
-    if method == "flexlora":
-        return {i: aggregate.svd(adapters, weights, rank=updates[i].ranks(), alpha=alpha, rslora=rslora) for i in ids}
-    if method == "zeropad":
-        return {i: aggregate.zeropad(adapters, weights, rank=updates[i].ranks(), alpha=alpha, rslora=rslora)
+    if strategy.per_receiver:
+        return {i: strategy.combine(adapters, weights, rank=updates[i].ranks(), alpha=alpha, rslora=rslora)
                 for i in ids}
-    raise ConfigError(f"unknown server aggregation {method!r}; use fedit, flora, flexlora or zeropad")
+    shared = strategy.combine(adapters, weights, rank=None, alpha=alpha, rslora=rslora)
+    return {i: shared for i in ids}
 
 
-def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
-    from declora.node.peer import open_transport
-    from declora.wire.protocol import AdapterLayout, Kind, ProtocolError, encode_adapter, make_message, message_to_adapter
-
-    torch.set_num_threads(max(1, threads))
+def run_server(cfg: RunConfig, transport, first_round: int = 0) -> None:
     run_dir = Path(cfg.out)
-    me = cfg.peers
-    clients = list(range(cfg.peers))
-    book = address_book(cfg, None, run_dir, n_ids=cfg.peers + 1)
+    me, clients = cfg.server_id, list(range(cfg.peers))
+    strategy = get_strategy(cfg.server)
     metrics = MetricsWriter(run_dir / "metrics" / "server.jsonl", truncate_after_round=first_round - 1)
     layout: AdapterLayout | None = None  # the first client's HELLO says what every update must look like
 
-    with open_transport(cfg, me, clients, book, None) as transport:
+    with transport:
         missing = transport.wait_for_neighbours(cfg.start_timeout_s, clients)
         if missing:
             log.warning("starting without clients %s", sorted(missing))
@@ -79,21 +70,20 @@ def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
                     log.warning("dropped round %d update from client %d: %s", t, j, e)
             bytes_out = 0
             if updates:
-                replies = aggregate_updates(cfg.server, updates, samples, cfg.alpha, cfg.rslora)
+                replies = aggregate_updates(strategy, updates, samples, cfg.alpha, cfg.rslora)
                 encoded: dict[int, object] = {}  # one encoding per distinct reply (fedit/flora: one for all)
                 for j in transport.live_neighbours() | set(updates):
-                    reply = replies.get(j) or next(iter(replies.values()))
-                    if cfg.server in ("flexlora", "zeropad") and j not in replies:
+                    if strategy.per_receiver and j not in replies:
                         continue  # its rank is unknown this round; it keeps its local adapter
+                    reply = replies.get(j) or next(iter(replies.values()))
                     if id(reply) not in encoded:
-                        tensors, _ = encode_adapter(reply, cfg.codec, block_size=cfg.block_size,
-                                                    stochastic=cfg.stochastic_rounding, return_decoded=False)
+                        tensors = encode_adapter(reply, cfg.codec, block_size=cfg.block_size,
+                                                 stochastic=cfg.stochastic_rounding)
                         encoded[id(reply)] = make_message(Kind.AGGREGATE, me, t, tensors)
                     if transport.send(j, encoded[id(reply)]):
                         bytes_out += encoded[id(reply)].nbytes
             record = {"round": t, "clients_heard": len(updates), "clients_missing": sorted(result.missing),
-                      "bytes_in": sum(m.nbytes for m in result.received.values()),
-                      "bytes_out": bytes_out,
+                      "bytes_in": sum(m.nbytes for m in result.received.values()), "bytes_out": bytes_out,
                       "round_seconds": time.time() - started}
             metrics.write(record)
             log.info("round %d: %d updates in (%.2f MB), %.2f MB out", t, len(updates), record["bytes_in"] / 1e6,
@@ -104,8 +94,6 @@ def run_server(cfg: RunConfig, threads: int = 1, first_round: int = 0) -> None:
 
 
 def _layout_from_hello(transport, clients: list[int]):
-    from declora.wire.protocol import AdapterLayout, ProtocolError
-
     for j in clients:
         body = transport.hello(j) or {}
         if "layout" in body:
@@ -117,8 +105,6 @@ def _layout_from_hello(transport, clients: list[int]):
 
 
 def _sample_count(message) -> int:
-    from declora.wire.protocol import ProtocolError
-
     n = message.body.get("samples")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ProtocolError("body", f"an update must state its sample count as a positive integer, got {n!r}")
@@ -131,19 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> int:
+    """The server process from parsed flags (`declora server` and `python -m declora.node.server`)."""
+    from declora.node.transports import open_transport
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s server %(levelname)s %(message)s")
     try:
         cfg = resolve(args)
         if not cfg.server:
             raise ConfigError("the server needs --server fedit|flora|flexlora|zeropad")
         first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
-        run_server(cfg, cfg.threads or 1, first)
+        torch.set_num_threads(max(1, cfg.threads or 1))
+        clients = list(range(cfg.peers))
+        run_server(cfg, open_transport(cfg, cfg.server_id, clients, None, None), first)
     except (ConfigError, FileNotFoundError) as e:
         print(f"declora server: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_from_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

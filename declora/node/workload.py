@@ -1,27 +1,30 @@
 """From a run config to what one process trains on: the model spec, its share of the data, the trainer settings.
 
-Keeps `peer.py`, `centralized.py` and `server.py` free of data-path rules: where the default data lives, which
-file is the evaluation set, how a peer finds its shard.
+Keeps the peer loop and the server free of data-path rules: where the default data lives, which file is the
+evaluation set, how a peer finds its shard.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig
 
+log = logging.getLogger("declora.node.workload")
+
 
 @dataclass
 class Workload:
-    train: object  # data.TokenizedDataset
-    eval: object  # data.TokenizedDataset
+    train: object  # tokenize.TokenizedDataset
+    eval: object  # tokenize.TokenizedDataset
     task: str
     description: str  # sample count and label histogram, for the peer's log
 
 
 def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     """(train, eval): the flags, else the shipped SST-2, else a pre-split folder's held-out file."""
-    from declora.learn.data import default_dataset, held_out_file
+    from declora.learn.examples import default_dataset, held_out_file
 
     if not cfg.data:
         default = default_dataset()
@@ -67,7 +70,9 @@ def train_config(cfg: RunConfig, steps_per_round: int | None = None):
 def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union: bool = False) -> Workload:
     """This peer's shard of the training data (or, for the centralized reference, the union of all shards) and the
     shared evaluation set, tokenized."""
-    from declora.learn.data import format_description, load_examples, peer_examples, split_for_peers, tokenize
+    from declora.learn.examples import load_examples
+    from declora.learn.partitions import format_description, peer_examples, split_for_peers
+    from declora.learn.tokenize import tokenize
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)
@@ -85,3 +90,24 @@ def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union:
         task=task,
         description=format_description(examples),
     )
+
+
+def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
+    """Peer `peer_id`'s learner: the model with a fresh adapter at the peer's rank and its share of the data. `alone`
+    (the centralized reference): the union of every peer's share, with all peers' steps per round, so it gets the
+    same compute and the same samples as the decentralized run it is compared with."""
+    from declora.learn.learner import Learner
+    from declora.learn.model import build_model, pick_device
+    from declora.learn.training import LocalTrainer
+
+    device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
+    rank = cfg.rank_list()[peer_id]
+    # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
+    model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
+    work = load_workload(cfg, tokenizer, peer_id, cfg.peers, union=alone)
+    log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)
+    steps_per_round = cfg.local_steps * cfg.peers if alone else cfg.local_steps
+    seed = cfg.seed * 1000 + peer_id
+    trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=seed)
+    return Learner(model, tokenizer, trainer, work.eval, work.task, rank, seed,
+                   eval_batch_size=max(cfg.batch_size, 64))

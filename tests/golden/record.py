@@ -26,6 +26,16 @@ def run_simulated(name: str, work: Path) -> dict:
     return collect(out, name)
 
 
+def run_in_one_process(name: str, work: Path, wire: str) -> dict:
+    """The same scenario with every peer on a thread of this process (declora.node.inprocess)."""
+    from declora.config import resolve
+    from declora.node.inprocess import run_in_process
+
+    out = work / f"{name}-{wire}"
+    run_in_process(resolve(**scenario_config(name, write_data(work / "data"), out)), wire=wire)
+    return collect(out, name)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=None)

@@ -92,8 +92,10 @@ def collect(run_dir: Path, name: str) -> dict:
                     row["merged_delta"] = tensor_hash(state["merged_delta"])
             rows.append(row)
         result[str(p)] = rows
-    saved = run_dir / "adapters" / "centralized" / "adapter_model.safetensors"
-    if SCENARIOS[name].get("mode") == "centralized" and saved.is_file():
+    # Recorded when centralized training saved to adapters/centralized; it is now peer 0 like any other.
+    saved = next((p for p in (run_dir / "adapters" / d / "adapter_model.safetensors" for d in ("peer-0", "centralized"))
+                  if p.is_file()), None)
+    if SCENARIOS[name].get("mode") == "centralized" and saved is not None:
         from safetensors.torch import load_file
 
         result["final_saved_adapter"] = tensor_hash(load_file(str(saved)))

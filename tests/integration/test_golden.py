@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.golden.record import run_simulated
+from tests.golden.record import run_in_one_process, run_simulated
 from tests.golden.scenarios import GOLDEN_FILE, SCENARIOS, check_complete, compare
 
 GOLDEN = json.loads(GOLDEN_FILE.read_text())
@@ -22,6 +22,16 @@ def assert_matches(name: str, records: dict) -> None:
 
 def test_golden_file_covers_every_scenario():
     assert sorted(GOLDEN) == sorted(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_in_process_network_matches_the_golden_hashes(name, tmp_path):
+    assert_matches(name, run_in_one_process(name, tmp_path, "inproc"))
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_zeromq_in_one_process_matches_the_golden_hashes(name, tmp_path):
+    assert_matches(name, run_in_one_process(name, tmp_path, "zmq"))
 
 
 @pytest.mark.slow

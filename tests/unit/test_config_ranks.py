@@ -31,7 +31,7 @@ def test_nodes_without_a_rank_get_the_default(tmp_path):
 
 
 def test_gossip_on_a_heterogeneous_rank_file_names_where_the_ranks_came_from():
-    with pytest.raises(ConfigError, match=r"ring-4-two-nodes.toml.* gives 8,8,4,4; use --mode svd"):
+    with pytest.raises(ConfigError, match=r"ring-4-two-nodes.toml.* gives 8,8,4,4; use --mode stack, svd or zeropad"):
         validate(RunConfig(peers=4, topology=TWO_NODES, mode="gossip"))
     with pytest.raises(ConfigError, match=r"gives 4 ranks for 6 peers"):
         validate(RunConfig(peers=6, topology=TWO_NODES, mode="svd"))

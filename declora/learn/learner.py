@@ -1,0 +1,86 @@
+"""One peer's learner: the LoRA model, its trainer and data, its evaluation set, and its own random stream.
+
+The peer loop speaks to this object only; it never touches peft or the model. Every operation that touches the model
+runs inside the learner's `RngStream`, so several learners can share a process and each draws exactly the dropout
+masks and fresh-adapter inits it would draw in a process of its own.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from declora.core import aggregate
+from declora.core.factors import Adapter
+from declora.learn.evaluation import evaluate
+from declora.learn.model import (merge_delta_and_reset, read_adapter, save_adapter, save_merged_model,
+                                 write_adapter)
+from declora.learn.rng import RngStream
+from declora.learn.training import LocalTrainer
+
+
+class Learner:
+    def __init__(self, model, tokenizer, trainer: LocalTrainer, eval_set, task: str, rank: int, seed: int,
+                 eval_batch_size: int = 64):
+        self.model, self.tokenizer, self.trainer = model, tokenizer, trainer
+        self.eval_set, self.task, self.rank, self.seed = eval_set, task, rank, seed
+        self.eval_batch_size = eval_batch_size
+        self.rng = RngStream(seed, next(model.parameters()).device)
+
+    @property
+    def samples(self) -> int:
+        """Training examples this learner holds (a server weighs its update by them)."""
+        return len(self.trainer.dataset)
+
+    def train(self, steps: int | None = None) -> dict:
+        """`steps` optimizer steps (default: the trainer's steps per round); the trainer's stats."""
+        with self.rng:
+            return self.trainer.train_steps(steps)
+
+    def adapter(self) -> Adapter:
+        return read_adapter(self.model)
+
+    def load(self, adapter: Adapter) -> None:
+        """Put a mixed adapter into the model (a rank change re-creates the adapter: the trainer notices)."""
+        with self.rng:
+            write_adapter(self.model, adapter)
+
+    def merge_and_restart(self, stacked: Adapter) -> dict[str, torch.Tensor]:
+        """FLoRA: merge the stack's exact weighted sum of products into the base, start a fresh adapter at our own
+        rank, keep the stack's averaged dense tensors (the head), and a fresh optimizer. Returns the merged delta."""
+        delta = aggregate.merged_delta(stacked)
+        with self.rng:
+            merge_delta_and_reset(self.model, delta, rank=self.rank, seed=self.seed)
+            current = read_adapter(self.model)
+            current.dense.update(stacked.dense)
+            write_adapter(self.model, current)
+            self.trainer.reset_optimizer()
+        return delta
+
+    def remerge(self, merged: dict[str, torch.Tensor]) -> None:
+        """On resume: the base on disk is the pretrained one; re-apply what earlier rounds merged into it."""
+        with self.rng:
+            merge_delta_and_reset(self.model, merged, rank=self.rank, seed=self.seed)
+
+    def evaluate(self, limit: int = 0) -> dict:
+        """The eval metrics on the first `limit` examples (0: all)."""
+        subset = self.eval_set.head(limit) if limit else self.eval_set
+        with self.rng:
+            return evaluate(self.model, subset, self.task, batch_size=self.eval_batch_size)
+
+    def state_dict(self) -> dict:
+        """The trainer's state, with this learner's random stream as the generator state a resume restores."""
+        with self.rng:
+            return self.trainer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        with self.rng:
+            self.trainer.load_state_dict(state)
+
+    def save(self, out_dir: Path, base_changed: bool) -> None:
+        """The adapter (loadable with PeftModel.from_pretrained on the original base) or, once rounds have merged
+        deltas into the base (stack, flora), the whole merged model: the adapter alone would match no base on disk."""
+        if base_changed:
+            save_merged_model(self.model, self.tokenizer, out_dir)
+        else:
+            save_adapter(self.model, out_dir)

@@ -1,0 +1,78 @@
+"""A whole run inside one process: every peer (and the server) on a thread of its own, talking over the in-process
+network (`wire="inproc"`) or over real ZeroMQ sockets on loopback (`wire="zmq"`).
+
+The threads run the same `run_peer` and `run_server` as peer processes do, with the same learners, neighbourhoods
+and checkpoints; only the transport differs. That makes the in-process network a faithful twin that can be checked
+against the real wire bit for bit (tests/integration/test_golden.py), and a way to run a small swarm in seconds.
+Learners are built one after another before any thread starts (building a model seeds torch's global generator);
+afterwards each learner's random stream keeps the peers' dropout draws apart.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from declora.config import RunConfig
+from declora.node.addressbook import free_loopback_ports
+from declora.node.neighbourhood import neighbourhood_for
+from declora.node.peer import run_peer
+from declora.node.server import run_server
+from declora.node.transports import liveness_of
+from declora.node.workload import build_learner
+from declora.wire.inproc import InProcNetwork
+from declora.wire.zmq_transport import ZmqTransport
+
+log = logging.getLogger("declora.node.inprocess")
+WIRES = ("inproc", "zmq")
+
+
+def run_in_process(cfg: RunConfig, wire: str = "inproc") -> None:
+    """Run every peer of `cfg` (and its server) to the end; raises if any of them failed."""
+    if wire not in WIRES:
+        raise ValueError(f"wire must be one of {', '.join(WIRES)}, got {wire!r}")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, cfg.threads or 1))
+    alone = cfg.mode == "centralized"
+    peers = [0] if alone else list(range(cfg.peers))
+    hoods = {i: neighbourhood_for(cfg, i) for i in peers}
+    learners = {i: build_learner(cfg, i, alone=alone) for i in peers}
+    links = {i: (hoods[i].neighbours, hoods[i].inbound_layout(learners[i].adapter())) for i in peers}
+    if cfg.server:
+        links[cfg.server_id] = (peers, None)
+    transports = _transports(cfg, links, wire)
+
+    jobs = {i: (run_peer, (cfg, i, learners[i], transports[i], hoods[i])) for i in peers}
+    if cfg.server:
+        jobs[cfg.server_id] = (run_server, (cfg, transports[cfg.server_id]))
+    errors: dict[int, BaseException] = {}
+
+    def run(i: int, fn, args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - reported below, with the others
+            log.exception("peer %d failed", i)
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn, args), name=f"declora-peer-{i}") for i, (fn, args)
+               in jobs.items()]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        first = min(errors)
+        raise RuntimeError(f"{len(errors)} of {len(jobs)} in-process peers failed; peer {first}: "
+                           f"{errors[first]!r}") from errors[first]
+
+
+def _transports(cfg: RunConfig, links: dict, wire: str) -> dict:
+    liveness = liveness_of(cfg)
+    if wire == "inproc":
+        net = InProcNetwork()
+        return {i: net.transport(i, nbrs, layout=layout, liveness=liveness) for i, (nbrs, layout) in links.items()}
+    book = dict(zip(sorted(links), (f"tcp://127.0.0.1:{p}" for p in free_loopback_ports(len(links)))))
+    return {i: ZmqTransport(i, book[i], {j: book[j] for j in nbrs}, layout=layout, liveness=liveness)
+            for i, (nbrs, layout) in links.items()}

@@ -1,0 +1,136 @@
+"""Who a peer exchanges adapters with each round, and what it does with what comes back.
+
+A neighbourhood is one of three things, chosen once from the run config (`neighbourhood_for`):
+
+- `Gossip`: the peer's graph neighbours; it mixes their adapters with its own using its row of the mixing matrix
+  and the run's strategy (renormalized over who was heard).
+- `ServerClient`: a client of the parameter-server baseline; it sends its update and loads the server's aggregate.
+- `Alone`: nobody (the centralized reference): nothing is sent and nothing changes.
+
+The peer loop asks a neighbourhood to `exchange` and then to `combine`; it never asks which kind it has.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from declora.config import ConfigError, RunConfig
+from declora.core.aggregate import consensus_distance
+from declora.core.factors import Adapter
+from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
+from declora.core.strategies import Strategy, get_strategy
+from declora.core.topology_files import load_topology
+from declora.wire.adapter_messages import AdapterSender, decode_received
+from declora.wire.protocol import AdapterLayout, Kind, make_message
+
+log = logging.getLogger("declora.node.neighbourhood")
+
+
+@dataclass
+class Received:
+    """What one exchange brought: decoded adapters by sender, their mixing weights (self included), and stats."""
+
+    adapters: dict[int, Adapter] = field(default_factory=dict)
+    weights: dict[int, float] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    bytes_received: int = 0
+    waited_s: float = 0.0
+    bytes_sent: int = 0
+    distance: float = 0.0  # consensus distance of the adapters mixed (gossip only)
+
+
+@dataclass
+class Combined:
+    """The round's result for the model: load `adapter`, or (`merge`) merge it into the base and start afresh."""
+
+    adapter: Adapter
+    merge: bool
+
+
+class Gossip:
+    def __init__(self, peer_id: int, topology, row: dict[int, float], strategy: Strategy, rank: int,
+                 max_rank: int, alpha: float, rslora: bool):
+        self.peer_id, self.topology, self.row, self.strategy = peer_id, topology, row, strategy
+        self.neighbours = topology.neighbors(peer_id)
+        self.rank, self.max_rank, self.alpha, self.rslora = rank, max_rank, alpha, rslora
+
+    def inbound_layout(self, mine: Adapter) -> AdapterLayout:
+        """Our modules and dense tensors; factor averaging needs our rank, the exact modes any rank up to the
+        largest in the run."""
+        return AdapterLayout.from_adapter(mine, max_rank=self.max_rank, equal_rank=self.strategy.equal_ranks)
+
+    def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
+                 deadline_s: float) -> Received:
+        result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s)
+        adapters = decode_received(result.received, transport.layout)
+        weights = renormalize_row(self.row, self.peer_id, heard=set(adapters))
+        return Received(adapters, weights, list(result.missing), sum(m.nbytes for m in result.received.values()),
+                        result.waited_s, result.bytes_sent)
+
+    def combine(self, mine: Adapter, got: Received) -> Combined:
+        """Our exact adapter mixed with the neighbours' decoded ones."""
+        ids = [self.peer_id, *sorted(got.adapters)]
+        adapters = [mine if i == self.peer_id else got.adapters[i] for i in ids]
+        weights = [got.weights[i] for i in ids]
+        got.distance = consensus_distance(adapters) if len(adapters) > 1 else 0.0
+        mixed = self.strategy.combine(adapters, weights, rank=self.rank, alpha=self.alpha, rslora=self.rslora)
+        return Combined(mixed, self.strategy.merges_into_base)
+
+
+class ServerClient:
+    topology = None
+
+    def __init__(self, peer_id: int, server_id: int, strategy: Strategy, total_rank: int):
+        self.peer_id, self.server_id, self.strategy, self.total_rank = peer_id, server_id, strategy, total_rank
+        self.neighbours = [server_id]
+
+    def inbound_layout(self, mine: Adapter) -> AdapterLayout:
+        """The server's aggregate: our modules; a FLoRA stack is as wide as all ranks together."""
+        return AdapterLayout.from_adapter(mine, max_rank=self.total_rank, same_alpha=False)
+
+    def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
+                 deadline_s: float) -> Received:
+        # The update states its sample count: the server weighs clients by their data shares.
+        update = make_message(Kind.UPDATE, self.peer_id, t, sender.encode(mine), body={"samples": samples})
+        sent = update.nbytes if transport.send(self.server_id, update) else 0
+        result = transport.collect(t, Kind.AGGREGATE, {self.server_id}, deadline_s)
+        adapters = decode_received(result.received, transport.layout)
+        return Received(adapters, {}, list(result.missing), sum(m.nbytes for m in result.received.values()),
+                        result.waited_s, sent)
+
+    def combine(self, mine: Adapter, got: Received) -> Combined | None:
+        if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
+            return None
+        return Combined(next(iter(got.adapters.values())), self.strategy.merges_into_base)
+
+
+class Alone:
+    topology = None
+    neighbours: list[int] = []
+
+    def __init__(self, peer_id: int):
+        self.peer_id = peer_id
+
+    def inbound_layout(self, mine: Adapter) -> None:
+        return None
+
+    def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
+                 deadline_s: float) -> Received:
+        return Received()
+
+    def combine(self, mine: Adapter, got: Received) -> None:
+        return None
+
+
+def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | Alone:
+    ranks = cfg.rank_list()
+    if cfg.mode == "centralized":
+        return Alone(peer_id)
+    if cfg.server:
+        return ServerClient(peer_id, cfg.server_id, get_strategy(cfg.server), total_rank=sum(ranks))
+    topology = load_topology(cfg.topology_spec())
+    if topology.n != cfg.peers:
+        raise ConfigError(f"the topology has {topology.n} nodes but --peers is {cfg.peers}")
+    row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
+    return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
+                  alpha=cfg.alpha, rslora=cfg.rslora)
