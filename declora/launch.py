@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from declora.node.addressbook import free_loopback_ports, write_addresses
-from declora.node.checkpoint import common_resume_round
+from declora.node.checkpoint import common_rounds
 from declora.config import RunConfig, write_run_config
 from declora.node.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
 
@@ -28,6 +28,10 @@ def process_ids(cfg: RunConfig) -> list[int]:
     if cfg.mode == "centralized":
         return [0]
     return list(range(cfg.peers)) + ([cfg.server_id] if cfg.server else [])
+
+
+def is_server(cfg: RunConfig, pid: int) -> bool:
+    return bool(cfg.server) and pid == cfg.server_id
 
 
 def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
@@ -136,13 +140,13 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
     resume_round = None
     if cfg.resume:
         # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
-        resume_round = common_resume_round(run_dir, [i for i in ids if not (cfg.server and i == cfg.server_id)])
+        resume_round = max(common_rounds(run_dir, [i for i in ids if not is_server(cfg, i)]), default=None)
         print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
               else "declora: nothing to resume, starting at round 1", file=out, flush=True)
     for pid in ids:
-        role = "server" if cfg.server and pid == cfg.server_id else "peer"
+        role = "server" if is_server(cfg, pid) else "peer"
         procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
-    expected = len([pid for pid in ids if not (cfg.server and pid == cfg.server_id)])
+    expected = len([pid for pid in ids if not is_server(cfg, pid)])
     printed = -1
     dead_reported: set[int] = set()
     status = 0
@@ -152,7 +156,7 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
                 if pid in dead_reported:
                     continue
                 dead_reported.add(pid)
-                who = "server" if cfg.server and pid == cfg.server_id else f"peer {pid}"
+                who = "server" if is_server(cfg, pid) else f"peer {pid}"
                 print(f"declora: {who} died (exit code {code}): {procs.why(pid)}\n  log: {procs.logs[pid]}\n"
                       f"{procs.log_tail(pid)}", file=out, flush=True)
                 if not cfg.fault_tolerant:

@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 
 from declora.core import aggregate
-from declora.node.checkpoint import adapter_from_state, checkpoint_dir, load_checkpoint, saved_rounds
+from declora.node.checkpoint import adapter_from_state, checkpoint_dir, common_rounds, load_checkpoint, run_peers
 from declora.config import RunConfig, load_run_config
 from declora.core.factors import Adapter
 
@@ -65,23 +65,6 @@ class PeerState:
 
 
 # ---- reading a run ------------------------------------------------------------------------------------------------
-def run_peers(run_dir: str | Path) -> list[int]:
-    """Peer ids that wrote checkpoints in `run_dir`."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name.split("-")[1]) for p in root.glob("peer-*") if p.is_dir())
-
-
-def common_rounds(run_dir: str | Path, peers: Sequence[int] | None = None) -> list[int]:
-    """Rounds of which every peer (default: every peer with checkpoints) has a checkpoint."""
-    peers = run_peers(run_dir) if peers is None else list(peers)
-    if not peers:
-        return []
-    common = set.intersection(*(set(saved_rounds(run_dir, p)) for p in peers))
-    return sorted(common)
-
-
 def load_peer_states(run_dir: str | Path, t: int, peers: Sequence[int] | None = None) -> list[PeerState]:
     """Every peer's round-t checkpoint (default peers: all that have checkpoints)."""
     peers = run_peers(run_dir) if peers is None else list(peers)
@@ -252,5 +235,5 @@ def _eval_source(cfg: RunConfig) -> str:
     return str(Path(dev).resolve())
 
 
-__all__ = ["AverageModel", "PeerState", "common_rounds", "evaluate_average_model", "load_peer_states", "mean_delta",
-           "run_peers", "spreads"]
+__all__ = ["AverageModel", "PeerState", "evaluate_average_model", "load_peer_states", "mean_delta",
+           "spreads"]

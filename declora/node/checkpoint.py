@@ -7,6 +7,7 @@ sum of the deltas merged into the base weights so far (the base itself is rebuil
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -77,10 +78,18 @@ def load_checkpoint(run_dir: str | Path, peer_id: int, t: int | None = None) -> 
     return torch.load(checkpoint_dir(run_dir, peer_id) / f"round-{t}.pt", map_location="cpu", weights_only=True)
 
 
-def common_resume_round(run_dir: str | Path, peer_ids: list[int]) -> int | None:
-    """The latest round every peer has a checkpoint of (None if some peer has none)."""
-    per_peer = [set(saved_rounds(run_dir, p)) for p in peer_ids]
-    if not per_peer or not all(per_peer):
-        return None
-    common = set.intersection(*per_peer)
-    return max(common) if common else None
+def run_peers(run_dir: str | Path) -> list[int]:
+    """Peer ids that wrote checkpoints in `run_dir`."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("peer-*") if p.is_dir())
+
+
+def common_rounds(run_dir: str | Path, peers: Sequence[int] | None = None) -> list[int]:
+    """Rounds of which every peer (default: every peer with checkpoints) has a checkpoint; the last is where a
+    killed run resumes."""
+    peers = run_peers(run_dir) if peers is None else list(peers)
+    if not peers:
+        return []
+    return sorted(set.intersection(*(set(saved_rounds(run_dir, p)) for p in peers)))

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from declora.learn.model import ModelSpec, build_model, lora_layers, merge_delta_and_reset, read_adapter, write_adapter
-from declora.node.average_model import (AverageModel, PeerState, common_rounds, evaluate_average_model, load_peer_states,
-                                   mean_delta, spreads)
-from declora.node.checkpoint import adapter_to_state, saved_rounds, save_checkpoint
+from declora.node.average_model import (AverageModel, PeerState, evaluate_average_model, load_peer_states, mean_delta,
+                                        spreads)
+from declora.node.checkpoint import adapter_to_state, common_rounds, saved_rounds, save_checkpoint
 from declora.config import ConfigError, RunConfig, resolve, write_run_config
 from declora.core.factors import Adapter, LoraFactor
 from tests.tiny_models import sentiment_rows, torch_threads, write_sst_tsv
