@@ -1,9 +1,7 @@
 """The aggregation modes against dense (out x in) references on small shapes."""
 from __future__ import annotations
 
-import ast
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
