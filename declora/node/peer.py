@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from declora.config import ConfigError, RunConfig, add_peer_flags, resolve
+from declora.config import ConfigError, RunConfig, add_peer_flags
 from declora.learn.learner import Learner
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.metrics import MetricsWriter
@@ -122,24 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """One peer process from parsed flags (`declora peer` and `python -m declora.node.peer`)."""
+    from declora.node.entry import run_process
     from declora.node.transports import open_transport
     from declora.node.workload import build_learner
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s peer {args.peer_id} %(levelname)s %(message)s")
-    try:
-        cfg = resolve(args)
+    def body(cfg: RunConfig) -> None:
         if not 0 <= args.peer_id < cfg.peers:
             raise ConfigError(f"--peer-id must be in 0..{cfg.peers - 1}, got {args.peer_id}")
-        torch.set_num_threads(max(1, cfg.threads or 1))
         hood = neighbourhood_for(cfg, args.peer_id)
         learner = build_learner(cfg, args.peer_id, alone=cfg.mode == "centralized")
-        transport = open_transport(cfg, args.peer_id, hood.neighbours, hood.topology,
-                                   hood.inbound_layout(learner.adapter()))
+        layout = hood.inbound_layout(learner.adapter())
+        transport = open_transport(cfg, args.peer_id, hood.neighbours, hood.topology, layout)
         run_peer(cfg, args.peer_id, learner, transport, hood, args.resume_round)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"declora peer: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_process("peer", f"peer {args.peer_id}", args, body)
 
 
 def main(argv: list[str] | None = None) -> int:

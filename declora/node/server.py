@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from declora.config import ConfigError, RunConfig, add_server_flags, resolve
+from declora.config import ConfigError, RunConfig, add_server_flags
 from declora.core import aggregate
 from declora.core.factors import Adapter
 from declora.core.strategies import Strategy, get_strategy
@@ -119,21 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The server process from parsed flags (`declora server` and `python -m declora.node.server`)."""
+    from declora.node.entry import run_process
     from declora.node.transports import open_transport
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s server %(levelname)s %(message)s")
-    try:
-        cfg = resolve(args)
+    def body(cfg: RunConfig) -> None:
         if not cfg.server:
             raise ConfigError("the server needs --server fedit|flora|flexlora|zeropad")
         first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
-        torch.set_num_threads(max(1, cfg.threads or 1))
-        clients = list(range(cfg.peers))
-        run_server(cfg, open_transport(cfg, cfg.server_id, clients, None, None), first)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"declora server: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        run_server(cfg, open_transport(cfg, cfg.server_id, list(range(cfg.peers)), None, None), first)
+
+    return run_process("server", "server", args, body)
 
 
 def main(argv: list[str] | None = None) -> int:

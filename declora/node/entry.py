@@ -1,0 +1,25 @@
+"""What a peer process and the server process have in common when they start: log lines tagged with who they are,
+the run config resolved from their flags, their torch threads, and a bad config or path ending them with one line
+on stderr and exit status 2 (DESIGN.md: bad input gets one clear line)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+import torch
+
+from declora.config import ConfigError, RunConfig, resolve
+
+
+def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable[[RunConfig], None]) -> int:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag} %(levelname)s %(message)s")
+    try:
+        cfg = resolve(args)
+        torch.set_num_threads(max(1, cfg.threads or 1))
+        body(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"declora {command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
