@@ -20,24 +20,11 @@ if __package__ in (None, ""):  # `python benchmarks/bench_aggregate.py`: make th
 
 import torch
 
-from benchmarks.machine import write_result
+from benchmarks.common import LLAMA7B_HIDDEN as HIDDEN, LLAMA7B_LAYERS as LAYERS, LLAMA7B_MODULES as MODULES
+from benchmarks.common import llama7b_adapter, write_result
 from declora.core.aggregate import gossip, stack, svd
-from declora.core.factors import Adapter, LoraFactor
 
-LAYERS, HIDDEN = 32, 4096  # Llama-2-7B: q_proj and v_proj are both 4096 x 4096
-MODULES = ("q_proj", "v_proj")
 GOAL_S = 1.0
-
-
-def llama7b_adapter(gen: torch.Generator, r: int, alpha: float) -> Adapter:
-    factors = {}
-    for layer in range(LAYERS):
-        for name in MODULES:
-            key = f"base_model.model.model.layers.{layer}.self_attn.{name}"
-            A_ri = torch.randn(r, HIDDEN, generator=gen) / HIDDEN**0.5
-            B_or = torch.randn(HIDDEN, r, generator=gen) * 1e-2  # a trained B is small but non-zero
-            factors[key] = LoraFactor(A_ri, B_or, alpha)
-    return Adapter(factors)
 
 
 def median_seconds(fn, repeats: int, budget_s: float) -> tuple[float, int]:
@@ -66,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    peers = [llama7b_adapter(gen, args.rank, args.alpha) for _ in range(max(args.neighbours) + 1)]
+    # A ~ N(0, 1/4096) as at LoRA init; a trained B is small but non-zero.
+    peers = [llama7b_adapter(gen, rank=args.rank, alpha=args.alpha, a_std=HIDDEN**-0.5, b_std=1e-2)
+             for _ in range(max(args.neighbours) + 1)]
     mb = peers[0].num_parameters() * 4 / 2**20
     print(f"adapter: {LAYERS * len(MODULES)} modules, A {args.rank}x{HIDDEN}, B {HIDDEN}x{args.rank}, "
           f"{mb:.1f} MiB fp32; threads {torch.get_num_threads()}")

@@ -23,23 +23,15 @@ try:
 except ImportError:  # not on Windows: page faults are then reported as 0
     resource = None
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # `python benchmarks/bench_codecs.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.machine import write_result  # noqa: E402
+from benchmarks.common import llama7b_tensors, write_result  # noqa: E402
 from declora.core.codecs import make_codec  # noqa: E402
 
 GOAL_INT8_GBPS = 1.0
-
-
-def llama7b_adapter(seed: int, sigma: float) -> list[torch.Tensor]:
-    """64 A factors (16 x 4096) and 64 B factors (4096 x 16), Gaussian with std `sigma`."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(16, 4096)] * 64 + [(4096, 16)] * 64
-    return [torch.randn(s, generator=g) * sigma for s in shapes]
 
 
 def rel_rms(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
@@ -128,7 +120,7 @@ def quantize_with_scale_dtype(x: torch.Tensor, qmax: int, block: int, scale_dtyp
 def scale_dtype_experiment(seed: int, block: int) -> list[dict]:
     rows = []
     for sigma in (1.0, 1e-2, 1e-4, 1e-5, 1e-6):
-        xs = llama7b_adapter(seed, sigma)[::8]  # 16 tensors are plenty for an error estimate
+        xs = llama7b_tensors(seed, sigma)[::8]  # 16 tensors are plenty for an error estimate
         for name, qmax in (("int8", 127), ("int4", 7)):
             row = {"codec": name, "sigma": sigma}
             for label, dt in (("fp32_scales", torch.float32), ("fp16_scales", torch.float16),
@@ -148,7 +140,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    xs = llama7b_adapter(args.seed, args.sigma)
+    xs = llama7b_tensors(args.seed, args.sigma)
     fp32_bytes = sum(x.numel() * 4 for x in xs)
     variants = [(n, False) for n in ("fp32", "fp16", "bf16", "int8", "int4")] + [("int8", True), ("int4", True)]
     codecs = {name + ("+sr" if sr else ""): make_codec(name, block_size=args.block, stochastic=sr)

@@ -34,10 +34,11 @@ if __package__ in (None, ""):  # `python benchmarks/bench_topology.py`: make the
 import numpy as np
 import torch
 
-from benchmarks.machine import RESULTS, write_result
+from benchmarks.common import RESULTS, pyplot, write_result
 from declora.core.aggregate import consensus_distance, gossip, svd
 from declora.core.factors import Adapter, LoraFactor
-from declora.core.topology import MIXING_RULES, load_topology, mixing_matrix, mixing_row, spectral_gap
+from declora.core.mixing import MIXING_RULES, mixing_matrix, mixing_row, spectral_gap
+from declora.core.topology_files import load_topology
 
 SLACK = 1e-6  # measured <= predicted + SLACK counts as "bound holds"
 # Below these fractions of the initial value a metric is float64 rounding, not consensus: ratios past them are
@@ -78,14 +79,16 @@ def synthetic_adapters(n: int, modules: int, dim: int, rank: int, alpha: float, 
     return adapters
 
 
-def factor_disagreement(adapters: list[Adapter]) -> float:
-    """sum_i ||A_i - mean A||^2 + ||B_i - mean B||^2, summed over modules."""
-    total = 0.0
+def stacked_factors(adapters: list[Adapter]):
+    """(key, "A" or "B", that factor of every peer stacked along a new first dimension), for every module."""
     for key in adapters[0].keys():
         for role in ("A", "B"):
-            X = torch.stack([getattr(a.factors[key], role) for a in adapters])
-            total += float(((X - X.mean(dim=0)) ** 2).sum())
-    return total
+            yield key, role, torch.stack([getattr(a.factors[key], role) for a in adapters])
+
+
+def factor_disagreement(adapters: list[Adapter]) -> float:
+    """sum_i ||A_i - mean A||^2 + ||B_i - mean B||^2, summed over modules."""
+    return sum(float(((X - X.mean(dim=0)) ** 2).sum()) for _, _, X in stacked_factors(adapters))
 
 
 def mean_products(adapters: list[Adapter]) -> dict[str, torch.Tensor]:
@@ -133,12 +136,9 @@ def matrix_form_error(before: list[Adapter], after: list[Adapter], M: np.ndarray
     """max |gossip result - M @ stacked factors| over all modules, relative to the largest entry."""
     M_t = torch.from_numpy(M)
     worst = 0.0
-    for key in before[0].keys():
-        for role in ("A", "B"):
-            X = torch.stack([getattr(a.factors[key], role) for a in before])
-            Y = torch.stack([getattr(a.factors[key], role) for a in after])
-            expected = torch.einsum("ij,j...->i...", M_t, X)
-            worst = max(worst, float((Y - expected).abs().max() / X.abs().max()))
+    for (_, _, X), (_, _, Y) in zip(stacked_factors(before), stacked_factors(after)):
+        expected = torch.einsum("ij,j...->i...", M_t, X)
+        worst = max(worst, float((Y - expected).abs().max() / X.abs().max()))
     return worst
 
 
@@ -284,11 +284,7 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = result["rows"]
     rank_floor_value = result["start"]["rank_floor_of_mean_product"]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))

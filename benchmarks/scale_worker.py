@@ -11,15 +11,18 @@ counts to the config's `out` file and exits.
 No training: the payload is a random Llama-2-7B-shaped adapter (r=16 on q_proj and v_proj of 32 layers), encoded
 once with the int8 codec. A round is what a real round does after training:
 
-- gossip: exchange the encoded adapter with every neighbour (transport.exchange), decode what arrived, mix with
+- gossip: exchange the encoded adapter with every neighbour (transport.exchange), mix what arrived with
   declora.core.aggregate.gossip using this peer's Metropolis row (renormalized over who was heard);
-- server client: send an UPDATE (with its sample count) to the server, collect the AGGREGATE, decode it;
-- server: collect every client's UPDATE, decode them, aggregate with declora.node.server.aggregate_updates ("fedit",
-  data-share weights), encode the aggregate (int8) and send it to every client.
+- server client: send an UPDATE (with its sample count) to the server, collect the AGGREGATE, take it in;
+- server: collect every client's UPDATE, combine them with the fedit strategy (declora.core.strategies, data-share
+  weights, as the server's aggregate_updates does), encode the aggregate (int8) and send it to every client.
 
-Every received message is validated by the transport against the receiver's AdapterLayout. The transport runs with
-decode=False and the main thread decodes, so the decode + mix (or decode + aggregate + encode) CPU time can be
-measured on its own (time.thread_time: CPU seconds of the main thread, which timesharing does not inflate).
+Every received message is validated by the transport against the receiver's AdapterLayout and decoded on its I/O
+thread as it arrives. The main thread's CPU time (time.thread_time, which timesharing does not inflate) is the mix
+(or aggregate + encode): `compute_cpu_s`. Until the transports lost `decode=False`, this worker left decoding to the
+main thread and `compute_cpu_s` included it; the decode now runs on the I/O thread and cannot be timed on its own
+there, so each round also records `io_cpu_s`: the CPU time of every thread but the main one (the I/O thread's
+receive, validation and decode, and ZeroMQ's threads).
 """
 from __future__ import annotations
 
@@ -36,32 +39,25 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # `python benchmarks/scale_worker.py`: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 import zmq  # noqa: E402
 
+from benchmarks.common import llama7b_adapter  # noqa: E402
 from declora.core import aggregate  # noqa: E402
-from declora.core.factors import Adapter, LoraFactor  # noqa: E402
-from declora.wire.protocol import (  # noqa: E402
-    AdapterLayout, Kind, Message, encode_adapter, make_message, message_to_adapter)
-from declora.node.server import aggregate_updates  # noqa: E402
-from declora.core.topology import renormalize_row  # noqa: E402
-from declora.wire.transport import Liveness, ZmqTransport  # noqa: E402
+from declora.core.factors import Adapter  # noqa: E402
+from declora.core.mixing import renormalize_row  # noqa: E402
+from declora.core.strategies import get_strategy  # noqa: E402
+from declora.wire.adapter_messages import encode_adapter, message_to_adapter  # noqa: E402
+from declora.wire.liveness import Liveness  # noqa: E402
+from declora.wire.protocol import AdapterLayout, Kind, Message, make_message  # noqa: E402
+from declora.wire.zmq_transport import ZmqTransport  # noqa: E402
 
-LAYERS, RANK, HIDDEN, ALPHA = 32, 16, 4096, 32.0
+ALPHA = 32.0
 CODEC = "int8"
-
-
-def llama7b_adapter(seed: int) -> Adapter:
-    """Llama-2-7B r=16 on q_proj and v_proj: 64 A (16 x 4096) and 64 B (4096 x 16), fp32."""
-    g = torch.Generator().manual_seed(seed)
-    return Adapter({f"base_model.model.model.layers.{layer}.self_attn.{m}":
-                    LoraFactor(torch.randn(RANK, HIDDEN, generator=g) * 0.02,
-                               torch.randn(HIDDEN, RANK, generator=g) * 0.01, ALPHA)
-                    for layer in range(LAYERS) for m in ("q_proj", "v_proj")})
+FEDIT = get_strategy("fedit")  # one aggregate for every client (not per receiver)
 
 
 def byte_count(transport) -> tuple[int, int]:
@@ -76,8 +72,8 @@ except OSError:  # not glibc: no trimming, just more resident memory
 
 
 def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc keeps them otherwise: measured 30-50 MB of slack per process
-    after building the payload, which 65 processes cannot afford on this machine). Called outside the timings."""
+    """Give freed heap pages back to the OS (glibc keeps them otherwise: tens of MB of slack per process after
+    building the payload, too much for 65 processes on one host; benchmarks/README.md). Called outside the timings."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 
@@ -102,9 +98,9 @@ def by_module(message: Message) -> dict[str, list]:
     return out
 
 
-def decode_module(message: Message, wire: list) -> Adapter:
-    """One module of a received message, decoded through the same protocol path as a whole message
-    (protocol.message_to_adapter: codec decode, NaN/Inf refused)."""
+def module_of(message: Message, wire: list) -> Adapter:
+    """One module of a received (and already decoded) message, as an Adapter, through the same path as a whole
+    message (message_to_adapter)."""
     return message_to_adapter(Message(message.kind, message.sender, message.round, {}, list(wire)))
 
 
@@ -115,7 +111,7 @@ def mix_gossip(me: int, mine: Adapter, received: dict[int, Message], weights: di
     w = [weights[i] for i in ids]
     wires = {j: by_module(m) for j, m in received.items()}
     for key in sorted(mine.factors):
-        parts = [Adapter({key: mine.factors[key]}) if i == me else decode_module(received[i], wires[i][key])
+        parts = [Adapter({key: mine.factors[key]}) if i == me else module_of(received[i], wires[i][key])
                  for i in ids]
         mixed = aggregate.gossip(parts, w)
         del parts, mixed  # a real peer writes the module into its model here
@@ -123,26 +119,26 @@ def mix_gossip(me: int, mine: Adapter, received: dict[int, Message], weights: di
 
 
 def serve_fedit(me: int, r: int, received: dict[int, Message]) -> Message:
-    """The server's round, one module at a time: decode every client's module, declora.node.server.aggregate_updates
-    ("fedit", data-share weights), encode the result (int8); then one AGGREGATE message for every client."""
-    counts = {j: int(m.body["samples"]) for j, m in received.items()}
+    """The server's round, one module at a time: every client's module combined by the fedit strategy with
+    data-share weights (what declora.node.server.aggregate_updates does), the result encoded (int8); then one
+    AGGREGATE message for every client."""
+    ids = sorted(received)
+    weights = aggregate.data_share_weights([int(received[j].body["samples"]) for j in ids])
     wires = {j: by_module(m) for j, m in received.items()}
-    keys = sorted(next(iter(wires.values())))
     tensors = []
-    for key in keys:
-        updates = {j: decode_module(received[j], wires[j][key]) for j in sorted(received)}
-        replies = aggregate_updates("fedit", updates, counts, ALPHA)
-        enc, _ = encode_adapter(next(iter(replies.values())), CODEC, return_decoded=False)  # fedit: one for all
-        tensors.extend(enc)
-        del updates, replies
+    for key in sorted(wires[ids[0]]):
+        updates = [module_of(received[j], wires[j][key]) for j in ids]
+        shared = FEDIT.combine(updates, weights, rank=None, alpha=ALPHA)
+        tensors.extend(encode_adapter(shared, CODEC))
+        del updates, shared
     return make_message(Kind.AGGREGATE, me, r, tensors)
 
 
-def decode_aggregate(message: Message) -> int:
+def take_aggregate(message: Message) -> int:
     """A client takes the aggregate in, module by module (a real client writes each into its model)."""
     wires = by_module(message)
     for key in sorted(wires):
-        decode_module(message, wires[key])
+        module_of(message, wires[key])
     return len(wires)
 
 
@@ -177,7 +173,7 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
     book = {int(k): v for k, v in conf["book"].items()}
     nbrs = [int(j) for j in conf["neighbours"][str(me)]]
     transport = ZmqTransport(me, book[me], {j: book[j] for j in nbrs}, layout=layout,
-                             liveness=Liveness(1.0, cfg["missed_heartbeats"]), decode=False,
+                             liveness=Liveness(1.0, cfg["missed_heartbeats"]),
                              rcvhwm=max(64, 2 * len(nbrs)), linger_s=5.0).start()
     t0 = time.monotonic()
     missing = transport.wait_for_neighbours(cfg["start_timeout_s"])
@@ -198,49 +194,38 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
             msg = make_message(Kind.UPDATE, me, r, tensors, body={"samples": samples})
         s0, v0 = byte_count(transport)
         go = barrier.wait(f"{conf['name']}:round{r}")
-        p0 = time.process_time()
+        p0, m0 = time.process_time(), time.thread_time()
         rec: dict = {"round": r, "warmup": r < cfg["warmup"], "go": go}
-        if role in ("peer", "client"):
-            rec["message_bytes"] = msg.nbytes
         if role == "peer":
             res = transport.exchange(r, msg, deadline)
-            rec["received_at"] = time.monotonic()
-            c0 = time.thread_time()
-            weights = renormalize_row(row, me, heard=set(res.received))
-            mix_gossip(me, mine, res.received, weights)
-            rec["done"] = time.monotonic()
-            rec["compute_cpu_s"] = time.thread_time() - c0
-            rec["heard"], rec["missing"] = len(res.received), list(res.missing)
-            rec["private_mb"] = private_mb()  # peak-ish: this round's messages still held
-            del res
         elif role == "client":
             transport.send(server, msg)
             res = transport.collect(r, Kind.AGGREGATE, {server}, deadline)
-            rec["received_at"] = time.monotonic()
-            c0 = time.thread_time()
+        else:
+            res = transport.collect(r, Kind.UPDATE, set(nbrs), deadline)
+        rec["received_at"] = time.monotonic()
+        c0 = time.thread_time()
+        if role == "peer":
+            mix_gossip(me, mine, res.received, renormalize_row(row, me, heard=set(res.received)))
+        elif role == "client":
             for m in res.received.values():
-                decode_aggregate(m)
-            rec["done"] = time.monotonic()
-            rec["compute_cpu_s"] = time.thread_time() - c0
-            rec["heard"], rec["missing"] = len(res.received), list(res.missing)
-            rec["private_mb"] = private_mb()  # peak-ish: this round's messages still held
-            del res
-        else:  # server
-            clients = set(nbrs)
-            res = transport.collect(r, Kind.UPDATE, clients, deadline)
-            rec["received_at"] = time.monotonic()
-            c0 = time.thread_time()
-            reply = serve_fedit(me, r, res.received)
-            rec["compute_cpu_s"] = time.thread_time() - c0
-            sent = transport.broadcast(reply, to=sorted(res.received))
-            rec["done"] = time.monotonic()
+                take_aggregate(m)
+        else:
+            msg = serve_fedit(me, r, res.received)
+        rec["compute_cpu_s"] = time.thread_time() - c0
+        if role == "server":
+            sent = transport.broadcast(msg, to=sorted(res.received))
             rec["send_failed"] = sorted(j for j, ok in sent.items() if not ok)
-            rec["message_bytes"] = reply.nbytes
-            rec["heard"], rec["missing"] = len(res.received), list(res.missing)
-            rec["private_mb"] = private_mb()  # peak-ish: this round's messages still held
-            del res, reply
+        rec["done"] = time.monotonic()
+        rec["message_bytes"] = msg.nbytes
+        rec["heard"], rec["missing"] = len(res.received), list(res.missing)
+        rec["private_mb"] = private_mb()  # peak-ish: this round's messages still held
+        del res
+        if role == "server":
+            del msg  # the aggregate, sent: freed before the heap is trimmed
         barrier.wait(f"{conf['name']}:done{r}")  # everyone has its result; the server's sends are through
-        rec["process_cpu_s"] = time.process_time() - p0  # every thread: zmq, I/O (validation), main
+        rec["process_cpu_s"] = time.process_time() - p0  # every thread: zmq, I/O (validation, decode), main
+        rec["io_cpu_s"] = rec["process_cpu_s"] - (time.thread_time() - m0)  # all but the main thread
         trim_heap()
         s1, v1 = byte_count(transport)
         rec["bytes_sent"], rec["bytes_received"] = s1 - s0, v1 - v0
@@ -270,10 +255,10 @@ def worker_main(config_path: str) -> int:
     torch.set_num_threads(1)
     me = cfg["id"]
     t0 = time.thread_time()
-    mine = llama7b_adapter(cfg["seed"] * 1000 + me)
+    mine = llama7b_adapter(cfg["seed"] * 1000 + me, alpha=ALPHA)
     layout = AdapterLayout.from_adapter(mine, equal_rank=True)
     c0 = time.thread_time()
-    tensors, _ = encode_adapter(mine, CODEC, return_decoded=False)
+    tensors = encode_adapter(mine, CODEC)
     encode_cpu_s = time.thread_time() - c0
     setup_cpu_s = time.thread_time() - t0
     if not any(c["roles"][str(me)] == "peer" for c in cfg["configs"]):
@@ -298,28 +283,20 @@ def worker_main(config_path: str) -> int:
 
 def zygote(config_paths: list[str]) -> int:
     """Fork one worker per config after the imports, so that the N processes share torch's pages copy-on-write
-    (measured: 57 MB private after building and encoding the payload, against 123 MB without gc.freeze and about
-    200 MB when every process imports torch itself). Each child is an ordinary OS process with its own sockets and
-    threads (none exist before the fork: the zygote is single-threaded). If one fails, the others are stopped and
-    the zygote exits 1. SIGUSR1 makes every worker write its threads' stacks to its log (faulthandler)."""
+    (gc.freeze keeps the garbage collector from copying them; what this saves per process: benchmarks/README.md).
+    Each child is an ordinary OS process with its own sockets and threads (none exist before the fork: the zygote
+    is single-threaded). If one fails, the others are stopped and the zygote exits 1. SIGUSR1 makes every worker
+    write its threads' stacks to its log (faulthandler)."""
     torch.set_num_threads(1)
     gc.freeze()  # the imported objects: a child's garbage collector would otherwise touch (copy) all their pages
     children: dict[int, int] = {}
 
     def stop(signum, frame):  # the parent gives up: take the workers down with us
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_all(children, signal.SIGKILL)
         os._exit(1)
 
     def dump(signum, frame):  # forwarded to every worker: each writes its threads' stacks to its log
-        for pid in list(children):
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
+        signal_all(children, signal.SIGUSR1)
 
     # Installed before forking (each child resets both at once), so that a signal can never find the zygote
     # without them.
@@ -353,12 +330,17 @@ def zygote(config_paths: list[str]) -> int:
             failed = True
             print(f"worker {i} failed (status {os.waitstatus_to_exitcode(status)}); stopping the others",
                   file=sys.stderr, flush=True)
-            for other in children:
-                try:
-                    os.kill(other, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            signal_all(children, signal.SIGTERM)
     return 1 if failed else 0
+
+
+def signal_all(pids, signum: int) -> None:
+    """Send `signum` to each of `pids` (the zygote's own children) that still exists."""
+    for pid in list(pids):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""bench_convergence's plan: the presets, the runs of each (most telling first) and the time estimate.
+
+Nothing here runs anything; `python benchmarks/bench_convergence.py --full --dry-run` prints what it plans.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); see benchmarks/README.md for the one-process optimum
+GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
+SERVER_METHODS = ("fedit", "flora", "flexlora")
+EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit")  # skipped at heterogeneous ranks (see plan())
+LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32",
+          "gossip-ring": "gossip ring", "gossip-exp": "gossip exp", "stack": "stack (ring)", "svd": "svd (ring)",
+          "zeropad": "zeropad (ring)", "fedit": "server fedit", "flora": "server flora", "flexlora": "server flexlora"}
+
+# Cost model for the time estimate, in core-seconds per unit (measured on the development machine with 1 torch
+# thread per process; benchmarks/README.md): one MiniLM step of 32 with length-grouped batches, evaluating one dev
+# example, starting a peer process; OVERHEAD scales the sum.
+STEP_CORE_S, EVAL_CORE_S_PER_EXAMPLE, START_CORE_S, OVERHEAD = 0.35, 0.009, 7.0, 1.15
+SERVER_START_CORE_S = 3.0  # the server process of a server run
+AVG_MODEL_CORE_S_PER_PEER = 0.1  # reading one peer's checkpoint into the average model
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    peers: int
+    rounds: int
+    local_steps: int
+    eval_examples: int  # 0 = the whole dev set
+    peer_eval_every: int  # peers evaluate every this many rounds (and at the last); centralized every round
+    avg_eval_every: int = 1  # the average model is evaluated after round 1, every this many rounds, and the last
+
+
+PRESETS = {
+    "quick": Preset("quick", peers=4, rounds=4, local_steps=5, eval_examples=256, peer_eval_every=2),
+    "full": Preset("full", peers=8, rounds=20, local_steps=8, eval_examples=0, peer_eval_every=20, avg_eval_every=2),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One run: a method with its ranks, codec and partition."""
+
+    method: str  # centralized | gossip-ring | gossip-exp | stack | svd | zeropad | fedit | flora | flexlora
+    ranks: str = "8"
+    codec: str = "fp32"
+    error_feedback: bool = False
+    partition: str = "dirichlet:0.5"
+    group: str = "r=8"
+    seed: int = 0  # the run's --seed (split, init, batches); a repeat with another seed measures run-to-run spread
+
+    @property
+    def name(self) -> str:
+        ranks = "r" + self.ranks if "," not in self.ranks else "rhet"
+        codec = self.codec + ("+ef" if self.error_feedback else "")
+        part = self.partition.replace("dirichlet:", "dir").replace(":", "")
+        return f"{self.method}-{ranks}-{codec}-{part}" + (f"-seed{self.seed}" if self.seed else "")
+
+    @property
+    def codec_label(self) -> str:
+        return self.codec + (" + EF" if self.error_feedback else "")
+
+    @property
+    def centralized(self) -> bool:
+        """One process, no peers: its own evaluation is the average model's."""
+        return self.method.startswith("centralized")
+
+    def flags(self, peers: int) -> list[str]:
+        """The simulate flags of this run; they come after the preset's, so they win (argparse: the last one)."""
+        if self.method == "centralized":
+            what = ["--mode", "centralized"]
+        elif self.method == "centralized-large-batch":  # 1 shard = all the data, batch peers x 32, a peer's steps
+            what = ["--mode", "centralized", "--peers", "1", "--batch-size", str(32 * peers)]
+        elif self.method in SERVER_METHODS:
+            what = ["--server", self.method]
+        elif self.method.startswith("gossip-"):
+            what = ["--mode", "gossip", "--topology", self.method.split("-", 1)[1]]
+        else:
+            what = ["--mode", self.method, "--topology", "ring"]
+        codec = ["--codec", self.codec, "--error-feedback" if self.error_feedback else "--no-error-feedback"]
+        return what + codec + ["--ranks", self.ranks, "--partition", self.partition]
+
+
+def hetero_ranks(peers: int) -> str:
+    """16,16,8,8,4,4,2,2 at 8 peers; the same ladder stretched or cut to other counts (4 peers: 16,8,4,2)."""
+    ladder = [16, 8, 4, 2]
+    return ",".join(str(ladder[min(3, i * 4 // peers)]) for i in range(peers))
+
+
+def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
+    """(runs before the codec runs, runs after them), most telling first, so that a suite cut short by time still
+    answers the main question. The codec runs depend on the best decentralized method of the first list."""
+    if preset.name.startswith("quick"):
+        return [Spec(m) for m in ("centralized", "gossip-ring", "svd")], [Spec(m) for m in ("fedit", "flora")]
+    het = hetero_ranks(preset.peers)
+    first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
+    rest = [Spec(m) for m in ("fedit", "flora", "flexlora")]
+    rest += [Spec(m, ranks=het, group="heterogeneous") for m in ("zeropad", "svd", "stack", "flora", "flexlora")]
+    rest += [Spec(m, partition="iid", group="iid") for m in ("centralized", "gossip-ring", "fedit")]
+    # What perfect averaging would give: one process taking a peer's number of steps with the N peers' batches
+    # merged into one (the same samples). Gossip's average model at best behaves like this, not like N x more steps.
+    rest += [Spec("centralized-large-batch")]
+    return first, rest
+
+
+def codec_specs(preset: Preset, best: str) -> list[Spec]:
+    """The codecs on the best decentralized method; in --full also its fp32 run again with another seed, because a
+    codec's effect on accuracy means something only next to the spread between two fp32 runs."""
+    quick = preset.name.startswith("quick")
+    variants = [("int4", True, 0)] if quick else [("int8", False, 0), ("int4", False, 0), ("int4", True, 0),
+                                                  ("fp32", False, 1)]
+    return [Spec(best, codec=c, error_feedback=ef, seed=sd, group="codecs") for c, ef, sd in variants]
+
+
+
+# ---- time estimate ------------------------------------------------------------------------------------------------
+def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int) -> float:
+    n, r, k = preset.peers, preset.rounds, preset.local_steps
+    train = n * k * r * STEP_CORE_S
+    if spec.centralized:
+        core_s = START_CORE_S + train + len(avg_eval_rounds(preset)) * eval_examples * EVAL_CORE_S_PER_EXAMPLE
+    else:
+        peer_evals = len(peer_eval_rounds(preset))
+        core_s = (START_CORE_S * n + (SERVER_START_CORE_S if spec.method in SERVER_METHODS else 0.0) + train
+                  + n * peer_evals * eval_examples * EVAL_CORE_S_PER_EXAMPLE
+                  + len(avg_eval_rounds(preset)) * (eval_examples * EVAL_CORE_S_PER_EXAMPLE
+                                                    + AVG_MODEL_CORE_S_PER_PEER * n))
+    return core_s * OVERHEAD / max(1, cores)
+
+
+def peer_eval_rounds(preset: Preset) -> list[int]:
+    return [t for t in range(preset.rounds) if (t + 1) % preset.peer_eval_every == 0 or t == preset.rounds - 1]
+
+
+def avg_eval_rounds(preset: Preset) -> list[int]:
+    return [t for t in range(preset.rounds)
+            if t == 0 or (t + 1) % preset.avg_eval_every == 0 or t == preset.rounds - 1]
+
