@@ -56,11 +56,6 @@ def scaling_for(alpha: float, r: int, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
-def alpha_for_scaling(scaling: float, r: int, rslora: bool = False) -> float:
-    """The alpha that gives `scaling` at rank r (inverse of scaling_for)."""
-    return scaling * math.sqrt(r) if rslora else scaling * r
-
-
 @dataclass
 class Adapter:
     """A peer's whole trainable state: LoRA factors per module key and dense tensors (e.g. a classifier head).

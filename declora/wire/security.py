@@ -105,12 +105,6 @@ class SecurityConfig:
                                 f"copy peer-{peer_id}.key there or {MAKE_KEYS_HINT}")
         return key
 
-    def peer_of(self, public_key: bytes) -> int | None:
-        for i, k in self.public_keys.items():
-            if k == public_key:
-                return i
-        return None
-
 
 def load_public_keys(public_dir: str | os.PathLike) -> dict[int, bytes]:
     """peer id -> z85 public key, from every `peer-<id>.key` in the folder."""
