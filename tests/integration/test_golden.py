@@ -34,7 +34,9 @@ def test_zeromq_in_one_process_matches_the_golden_hashes(name, tmp_path):
     assert_matches(name, run_in_one_process(name, tmp_path, "zmq"))
 
 
+# One scenario as real processes ties the twins above to what was recorded: the server and its clients, each
+# in a fresh interpreter (where torch seeds its generator at random), with a merge into the base.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["svd-int4-ef-sr-mixed", "server-flora-mixed"])
+@pytest.mark.parametrize("name", ["server-flora-mixed"])
 def test_real_processes_match_the_golden_hashes(name, tmp_path):
     assert_matches(name, run_simulated(name, tmp_path))
