@@ -7,6 +7,7 @@ reading the user's input) ends the command with one line on stderr and exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
@@ -226,11 +227,21 @@ def _add_run_commands(sub) -> None:
 
 
 def _resolved(args):
-    from declora.config import ConfigError, resolve
+    from declora.config import resolve
+
+    with _user_errors():
+        return resolve(args)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """A bad config, key folder, address book or output folder found while starting: one line, exit status 2."""
+    from declora.config import ConfigError
+    from declora.wire.security import SecurityError
 
     try:
-        return resolve(args)
-    except ConfigError as e:
+        yield
+    except (ConfigError, SecurityError) as e:
         raise CliError(str(e)) from None
 
 
@@ -239,7 +250,8 @@ def _run_simulate(args) -> int:
 
     cfg = _resolved(args)
     _check_model_available(cfg)
-    return simulate(cfg)
+    with _user_errors():
+        return simulate(cfg)
 
 
 def _check_model_available(cfg) -> None:
@@ -271,7 +283,8 @@ def _run_launch_node(args) -> int:
 
     cfg = _resolved(args)
     _check_model_available(cfg)
-    return launch_node(cfg)
+    with _user_errors():
+        return launch_node(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,6 +181,9 @@ def validate(cfg: RunConfig) -> RunConfig:
          f"--server must be one of {', '.join(SERVER_AGGREGATIONS)} (or empty for gossip), got {cfg.server!r}")
     need(cfg.task in ("auto", *TASKS), f"--task must be auto, {' or '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.schedule in SCHEDULES, f"--schedule must be {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    for name, value, choices in (("mode", cfg.mode, MODES), ("codec", cfg.codec, CODEC_NAMES),
+                                 ("mixing", cfg.mixing, MIXING_RULES)):
+        need(value in choices, f"--{name} must be one of {', '.join(choices)}, got {value!r}")
     try:
         ranks = cfg.rank_list()
     except ValueError:
@@ -199,11 +202,28 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")
+    if cfg.keys:
+        need(Path(cfg.keys).is_dir(), f"--keys {cfg.keys}: no such folder; make keys with `declora keys make --peers "
+                                      f"{cfg.peers + bool(cfg.server)} --out {cfg.keys}`")
+    if cfg.mode != "centralized" and not cfg.server:
+        _check_topology(cfg)
     for path_field in ("model", "data", "eval_data"):
         value = getattr(cfg, path_field)
         if value and not value.startswith("tiny-") and not Path(value).exists():
             raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")
     return cfg
+
+
+def _check_topology(cfg: RunConfig) -> None:
+    from declora.core.graphs import TopologyError
+    from declora.core.topology_files import load_topology
+
+    try:
+        n = load_topology(cfg.topology_spec()).n
+    except TopologyError as e:
+        raise ConfigError(str(e)) from None
+    if n != cfg.peers:
+        raise ConfigError(f"the topology {cfg.topology} has {n} nodes but --peers is {cfg.peers}")
 
 
 # ---- flags and files -------------------------------------------------------------------------------------------------
@@ -270,7 +290,35 @@ def normalize_keys(raw: dict, source: str) -> dict:
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys are the flags of `declora simulate --help`")
         if name == "ranks" and isinstance(value, list):
             value = ",".join(str(v) for v in value)
-        out[name] = value
+        out[name] = _typed(known[name], value, source, key)
+    return out
+
+
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _typed(f, value, source: str, key: str):
+    """A file's value checked against the field's type (flags are typed by argparse; a file is not)."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+    if not ok:
+        raise ConfigError(f"{source}: {key} must be {_KIND_WORDS[kind]}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def make_out_dir(cfg: RunConfig) -> Path:
+    """Create the output folder and make sure files can be written there."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".declora-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e}); choose a folder you can write to") \
+            from None
     return out
 
 

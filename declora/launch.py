@@ -15,10 +15,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from declora.config import RunConfig, make_out_dir, write_run_config
 from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_rounds
-from declora.config import RunConfig, write_run_config
-from declora.node.metrics import plot_run, progress_line, read_run_metrics, round_table, summarize
+from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
+from declora.node.transports import check_links
 
 POLL_S = 0.5
 
@@ -101,16 +102,17 @@ class PeerProcesses:
 
 def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
     """Create DIR, choose loopback ports when none were given, write the resolved config and addresses."""
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_out_dir(cfg)
     config_path = run_dir / "config.json"
+    ids = process_ids(cfg)
     if cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists():
         # Resume with the same ports so that the peers' saved addresses stay right.
+        check_links(cfg, ids)
         return cfg, config_path
-    ids = process_ids(cfg)
     if not cfg.hosts and not cfg.base_port:
         ports = free_loopback_ports(len(ids))
         write_addresses(run_dir, {pid: f"tcp://127.0.0.1:{port}" for pid, port in zip(ids, ports)})
+    check_links(cfg, ids)
     write_run_config(cfg, config_path)
     return cfg, config_path
 
@@ -195,8 +197,6 @@ def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> in
     extra = {"status": "ok" if status == 0 else "failed"}
     server_metrics = run_dir / "metrics" / "server.jsonl"
     if server_metrics.exists():
-        from declora.node.metrics import read_jsonl
-
         extra["server"] = read_jsonl(server_metrics)
     summary = summarize(cfg.to_json(), per_peer, wall_s, extra)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -247,8 +247,8 @@ def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | Non
     if not ids:
         print(f"declora: node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node)", file=out)
         return 2
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_out_dir(cfg)
+    check_links(cfg, ids)
     config_path = run_dir / f"config.node{node}.json"
     write_run_config(cfg, config_path)
     print(f"declora: node {node}/{nnodes} runs peers {ids}", file=out, flush=True)

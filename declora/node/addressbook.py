@@ -37,6 +37,20 @@ def write_addresses(run_dir: str | Path, book: dict[int, str]) -> Path:
     return path
 
 
+def read_addresses(path: Path, n_ids: int) -> dict[int, str]:
+    """The address book a run wrote: {"0": "tcp://127.0.0.1:PORT", ...} for ids 0..n_ids-1."""
+    fix = "delete it (declora simulate picks new ports and writes it again) or repair it"
+    try:
+        raw = json.loads(path.read_text())
+        book = {int(k): v for k, v in raw.items()}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: not a valid address book ({type(e).__name__}: {e}); {fix}") from None
+    missing = [i for i in range(n_ids) if not isinstance(book.get(i), str) or "://" not in book[i]]
+    if missing:
+        raise ConfigError(f"{path}: no endpoint like tcp://HOST:PORT for peer {missing[0]}; {fix}")
+    return book
+
+
 def node_of_peer(cfg: RunConfig, peer_id: int) -> int:
     hosts = cfg.host_list()
     per_node = cfg.peers_per_node or max(1, -(-cfg.peers // max(1, len(hosts))))
@@ -47,8 +61,7 @@ def address_book(cfg: RunConfig, topology, run_dir: str | Path | None = None, n_
     """peer id -> tcp://host:port for ids 0..n_ids-1 (default: the config's peer count)."""
     n_ids = cfg.peers if n_ids is None else n_ids
     if run_dir is not None and (Path(run_dir) / ADDRESSES_FILE).is_file():
-        raw = json.loads((Path(run_dir) / ADDRESSES_FILE).read_text())
-        return {int(k): v for k, v in raw.items()}
+        return read_addresses(Path(run_dir) / ADDRESSES_FILE, n_ids)
     nodes = {node.id: (node.host, node.port) for node in getattr(topology, "nodes", ()) if node.host and node.port}
     if nodes and all(i in nodes for i in range(n_ids)):
         return {i: f"tcp://{nodes[i][0]}:{nodes[i][1]}" for i in range(n_ids)}

@@ -10,16 +10,19 @@ from typing import Callable
 
 import torch
 
-from declora.config import ConfigError, RunConfig, resolve
+from declora.config import ConfigError, RunConfig, make_out_dir, resolve
+from declora.core.graphs import TopologyError
+from declora.wire.security import SecurityError
 
 
 def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable[[RunConfig], None]) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag} %(levelname)s %(message)s")
     try:
         cfg = resolve(args)
+        make_out_dir(cfg)
         torch.set_num_threads(max(1, cfg.threads or 1))
         body(cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, SecurityError, TopologyError) as e:
         print(f"declora {command}: error: {e}", file=sys.stderr)
         return 2
     return 0

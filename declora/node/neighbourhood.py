@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from declora.config import ConfigError, RunConfig
+from declora.config import RunConfig
 from declora.core.aggregate import consensus_distance
 from declora.core.factors import Adapter
 from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
@@ -128,9 +128,7 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
         return Alone(peer_id)
     if cfg.server:
         return ServerClient(peer_id, cfg.server_id, get_strategy(cfg.server), total_rank=sum(ranks))
-    topology = load_topology(cfg.topology_spec())
-    if topology.n != cfg.peers:
-        raise ConfigError(f"the topology has {topology.n} nodes but --peers is {cfg.peers}")
+    topology = load_topology(cfg.topology_spec())  # validate() checked that it loads and has cfg.peers nodes
     row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
                   alpha=cfg.alpha, rslora=cfg.rslora)

@@ -123,13 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace) -> int:
     """One peer process from parsed flags (`declora peer` and `python -m declora.node.peer`)."""
     from declora.node.entry import run_process
-    from declora.node.transports import open_transport
+    from declora.node.transports import check_links, open_transport
     from declora.node.workload import build_learner
 
     def body(cfg: RunConfig) -> None:
         if not 0 <= args.peer_id < cfg.peers:
             raise ConfigError(f"--peer-id must be in 0..{cfg.peers - 1}, got {args.peer_id}")
         hood = neighbourhood_for(cfg, args.peer_id)
+        if hood.neighbours:  # before the model is built: a bad key or address should cost no time
+            check_links(cfg, [args.peer_id], hood.topology)
         learner = build_learner(cfg, args.peer_id, alone=cfg.mode == "centralized")
         layout = hood.inbound_layout(learner.adapter())
         transport = open_transport(cfg, args.peer_id, hood.neighbours, hood.topology, layout)

@@ -118,12 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace) -> int:
     """The server process from parsed flags (`declora server` and `python -m declora.node.server`)."""
     from declora.node.entry import run_process
-    from declora.node.transports import open_transport
+    from declora.node.transports import check_links, open_transport
 
     def body(cfg: RunConfig) -> None:
         if not cfg.server:
             raise ConfigError("the server needs --server fedit|flora|flexlora|zeropad")
         first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
+        check_links(cfg, [cfg.server_id])
         run_server(cfg, open_transport(cfg, cfg.server_id, list(range(cfg.peers)), None, None), first)
 
     return run_process("server", "server", args, body)

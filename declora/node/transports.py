@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from declora.config import RunConfig
+from declora.core.topology_files import load_topology
 from declora.node.addressbook import address_book, bind_endpoint
 from declora.wire.inproc import InProcNetwork
 from declora.wire.liveness import Liveness
 from declora.wire.protocol import AdapterLayout
-from declora.wire.security import load_security
+from declora.wire.security import check_plaintext, load_security
 from declora.wire.zmq_transport import ZmqTransport
 
 
@@ -28,3 +29,19 @@ def open_transport(cfg: RunConfig, me: int, neighbours: list[int], topology, lay
         me, bind_endpoint(book[me]), {j: book[j] for j in neighbours}, layout=layout, liveness=liveness_of(cfg),
         security=load_security(cfg.keys, me) if cfg.keys else None, allow_plaintext_nonlocal=cfg.insecure,
     )
+
+
+def check_links(cfg: RunConfig, ids: list[int], topology=None) -> None:
+    """Before anything starts: the address book is readable, every local peer's keys load, and without keys no plain
+    text would leave this host unless --insecure. Raises ConfigError or SecurityError, with the fix in the message."""
+    if cfg.mode == "centralized":
+        return  # a peer that is alone has no links
+    if topology is None and not cfg.server:
+        topology = load_topology(cfg.topology_spec())  # its nodes may carry the addresses
+    n_ids = cfg.peers + 1 if cfg.server else cfg.peers
+    book = address_book(cfg, topology, Path(cfg.out), n_ids=n_ids)
+    if cfg.keys:
+        for i in ids:
+            load_security(cfg.keys, i)
+    else:
+        check_plaintext([*(bind_endpoint(book[i]) for i in ids), *book.values()], cfg.insecure)

@@ -1,0 +1,82 @@
+"""Every bad input a user can give stops the command with one line on stderr that says what is wrong and how to fix
+it, and exit status 2: no traceback, no process started. The commands run in this process (`declora.cli.main`);
+every failure here happens before a model is built or a socket is opened. Addresses outside this host come from
+TEST-NET-1 (192.0.2.0/24) and are refused by a string check: nothing is ever sent to them."""
+from __future__ import annotations
+
+import pytest
+
+from declora.cli import main
+
+TINY = ["--model", "tiny-bert"]
+FAR_HOSTS = ["--hosts", "192.0.2.1,192.0.2.2", "--base-port", "7000"]
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, f"exit {rc}, stderr: {err}"
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"declora {argv[0]}: error: "), err
+    return err
+
+
+def test_missing_topology_file(capsys, tmp_path):
+    err = one_line_error(capsys, ["simulate", *TINY, "--topology", str(tmp_path / "no.toml"), "--out", str(tmp_path)])
+    assert "no such topology file" in err and "ring:8" in err
+
+
+def test_invalid_topology_file(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("edges = [[0, 1], [1, 'x']]\n")
+    err = one_line_error(capsys, ["simulate", *TINY, "--topology", str(bad), "--peers", "2", "--out", str(tmp_path)])
+    assert str(bad) in err
+
+
+def test_topology_with_another_peer_count(capsys, tmp_path):
+    err = one_line_error(capsys, ["simulate", *TINY, "--topology", "ring:4", "--peers", "3", "--out", str(tmp_path)])
+    assert "4 nodes but --peers is 3" in err
+
+
+def test_missing_keys_folder(capsys, tmp_path):
+    err = one_line_error(capsys, ["simulate", *TINY, "--keys", str(tmp_path / "keys"), "--out", str(tmp_path / "r")])
+    assert "no such folder" in err and "declora keys make" in err
+
+
+def test_keys_folder_without_this_runs_keys(capsys, tmp_path):
+    (tmp_path / "keys").mkdir()
+    err = one_line_error(capsys, ["simulate", *TINY, "--keys", str(tmp_path / "keys"), "--out", str(tmp_path / "r")])
+    assert "no secret key for peer" in err and "declora keys make" in err
+
+
+@pytest.mark.parametrize("command", ["peer", "launch-node"])
+def test_plain_text_beyond_this_host(capsys, tmp_path, command):
+    who = ["--peer-id", "0"] if command == "peer" else []
+    err = one_line_error(capsys, [command, *who, *TINY, "--peers", "2", *FAR_HOSTS, "--out", str(tmp_path)])
+    assert "refusing plain text" in err and "--insecure" in err
+
+
+@pytest.mark.parametrize("line,expected", [('peers = "x"', "peers must be an integer, got 'x'"),
+                                           ("lr = true", "lr must be a number"),
+                                           ('codec = "zip"', "--codec must be one of"),
+                                           ('mode = "mean"', "--mode must be one of"),
+                                           ("pears = 3", "unknown key 'pears'")])
+def test_bad_values_in_a_config_file(capsys, tmp_path, line, expected):
+    path = tmp_path / "run.toml"
+    path.write_text(line + "\n")
+    err = one_line_error(capsys, ["simulate", *TINY, "--config", str(path), "--out", str(tmp_path / "r")])
+    assert expected in err
+
+
+def test_unwritable_out(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    err = one_line_error(capsys, ["simulate", *TINY, "--out", str(tmp_path / "a-file" / "run")])
+    assert "cannot write there" in err
+
+
+@pytest.mark.parametrize("command", ["peer", "server"])
+def test_corrupt_address_book(capsys, tmp_path, command):
+    (tmp_path / "addresses.json").write_text("{not json")
+    role = ["--peer-id", "0"] if command == "peer" else ["--server", "fedit"]
+    err = one_line_error(capsys, [command, *role, *TINY, "--peers", "2", "--out", str(tmp_path)])
+    assert "addresses.json: not a valid address book" in err and "delete it" in err
