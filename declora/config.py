@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -313,9 +314,8 @@ def make_out_dir(cfg: RunConfig) -> Path:
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".declora-write-test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".declora-write-test-"):
+            pass  # a name of its own: peers of one run check the same folder at the same moment
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e}); choose a folder you can write to") \
             from None
