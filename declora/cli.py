@@ -1,8 +1,8 @@
 """`declora` and its subcommands.
 
 Each subcommand has an `_add_<name>(sub)` that declares its flags and a `_run_<name>(args)` that does the work,
-importing what it needs lazily so that `declora --help` stays fast. A `CliError` (or a ValueError/OSError from
-reading the user's input) ends the command with one line on stderr and exit status 2.
+importing what it needs lazily so that `declora --help` stays fast. Bad input (flags, config files, topology, keys,
+address book, output folder) becomes a `CliError`, which ends the command with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
