@@ -21,7 +21,7 @@ from declora.node.neighbourhood import neighbourhood_for
 from declora.node.peer import run_peer
 from declora.node.server import run_server
 from declora.node.transports import liveness_of
-from declora.node.workload import build_learner
+from declora.node.workload import build_learner, server_expectations
 from declora.wire.inproc import InProcNetwork
 from declora.wire.zmq_transport import ZmqTransport
 
@@ -41,12 +41,13 @@ def run_in_process(cfg: RunConfig, wire: str = "inproc") -> None:
     learners = {i: build_learner(cfg, i, alone=alone) for i in peers}
     links = {i: (hoods[i].neighbours, hoods[i].inbound_layout(learners[i].adapter())) for i in peers}
     if cfg.server:
-        links[cfg.server_id] = (peers, None)
+        server_layout, samples = server_expectations(cfg)
+        links[cfg.server_id] = (peers, server_layout)
     transports = _transports(cfg, links, wire)
 
     jobs = {i: (run_peer, (cfg, i, learners[i], transports[i], hoods[i])) for i in peers}
     if cfg.server:
-        jobs[cfg.server_id] = (run_server, (cfg, transports[cfg.server_id]))
+        jobs[cfg.server_id] = (run_server, (cfg, transports[cfg.server_id], server_layout, samples))
     errors: dict[int, BaseException] = {}
 
     def run(i: int, fn, args) -> None:

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig, add_server_flags
@@ -44,12 +45,15 @@ def aggregate_updates(strategy: Strategy, updates: dict[int, Adapter], samples: 
     return {i: shared for i in ids}
 
 
-def run_server(cfg: RunConfig, transport, first_round: int = 0) -> None:
+def run_server(cfg: RunConfig, transport, layout: AdapterLayout, samples: dict[int, int],
+               first_round: int = 0) -> None:
+    """The server's rounds. `layout` (what every update must look like) and `samples` (each client's training
+    examples, the aggregation weights) come from the run config, never from what a client claims."""
     run_dir = Path(cfg.out)
     me, clients = cfg.server_id, list(range(cfg.peers))
     strategy = get_strategy(cfg.server)
+    ranks = cfg.rank_list()
     metrics = MetricsWriter(run_dir / "metrics" / "server.jsonl", truncate_after_round=first_round - 1)
-    layout: AdapterLayout | None = None  # the first client's HELLO says what every update must look like
 
     with transport:
         missing = transport.wait_for_neighbours(cfg.start_timeout_s, clients)
@@ -58,13 +62,12 @@ def run_server(cfg: RunConfig, transport, first_round: int = 0) -> None:
         for t in range(first_round, cfg.rounds):
             started = time.time()
             result = transport.collect(t, Kind.UPDATE, set(clients), cfg.deadline_s)
-            layout = layout or _layout_from_hello(transport, clients)
-            updates, samples = {}, {}
+            updates, dropped = {}, Counter()
             for j, message in sorted(result.received.items()):
                 try:
-                    updates[j] = message_to_adapter(message, layout)
-                    samples[j] = _sample_count(message)
+                    updates[j] = checked_update(message, layout, ranks[j], samples[j])
                 except ProtocolError as e:
+                    dropped[e.reason] += 1
                     log.warning("dropped round %d update from client %d: %s", t, j, e)
             bytes_out = 0
             if updates:
@@ -81,6 +84,7 @@ def run_server(cfg: RunConfig, transport, first_round: int = 0) -> None:
                     if transport.send(j, encoded[id(reply)]):
                         bytes_out += encoded[id(reply)].nbytes
             record = {"round": t, "clients_heard": len(updates), "clients_missing": sorted(result.missing),
+                      "updates_dropped": dict(dropped),
                       "bytes_in": sum(m.nbytes for m in result.received.values()), "bytes_out": bytes_out,
                       "round_seconds": time.time() - started}
             metrics.write(record)
@@ -91,22 +95,17 @@ def run_server(cfg: RunConfig, transport, first_round: int = 0) -> None:
     metrics.close()
 
 
-def _layout_from_hello(transport, clients: list[int]):
-    for j in clients:
-        body = transport.hello(j) or {}
-        if "layout" in body:
-            try:
-                return AdapterLayout.from_body(body["layout"])
-            except ProtocolError as e:
-                log.warning("client %d sent a bad layout: %s", j, e)
-    return None
-
-
-def _sample_count(message) -> int:
-    n = message.body.get("samples")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ProtocolError("body", f"an update must state its sample count as a positive integer, got {n!r}")
-    return n
+def checked_update(message, layout: AdapterLayout, rank: int, samples: int) -> Adapter:
+    """A client's update, or ProtocolError: it must match the layout, carry the client's own rank (from the config)
+    in every module, and state the sample count the server computed for that client."""
+    adapter = message_to_adapter(message, layout)
+    wrong = sorted({r for r in adapter.ranks().values() if r != rank})
+    if wrong:
+        raise ProtocolError("rank", f"update of rank {wrong[0]}, this client's rank is {rank}")
+    claimed = message.body.get("samples")
+    if claimed != samples or isinstance(claimed, bool):
+        raise ProtocolError("samples", f"update states {claimed!r} samples, this client's shard has {samples}")
+    return adapter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,13 +118,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     """The server process from parsed flags (`declora server` and `python -m declora.node.server`)."""
     from declora.node.entry import run_process
     from declora.node.transports import check_links, open_transport
+    from declora.node.workload import server_expectations
 
     def body(cfg: RunConfig) -> None:
         if not cfg.server:
             raise ConfigError("the server needs --server fedit|flora|flexlora|zeropad")
         first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
         check_links(cfg, [cfg.server_id])
-        run_server(cfg, open_transport(cfg, cfg.server_id, list(range(cfg.peers)), None, None), first)
+        layout, samples = server_expectations(cfg)
+        transport = open_transport(cfg, cfg.server_id, list(range(cfg.peers)), None, layout)
+        run_server(cfg, transport, layout, samples, first)
 
     return run_process("server", "server", args, body)
 

@@ -111,3 +111,22 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=seed)
     return Learner(model, tokenizer, trainer, work.eval, work.task, rank, seed,
                    eval_batch_size=max(cfg.batch_size, 64))
+
+
+def server_expectations(cfg: RunConfig):
+    """What the parameter server knows from the config alone, so that no client can set it: the layout every update
+    must have (the model's LoRA modules and dense tensors, any rank up to all ranks together: a FLoRA stack) and each
+    client's number of training examples (its data-share weight). Builds the model once, on the CPU, to read the
+    module shapes."""
+    from declora.learn.model import build_model, read_adapter
+    from declora.learn.partitions import split_for_peers
+    from declora.wire.protocol import AdapterLayout
+
+    model, _ = build_model(model_spec(cfg), 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
+    layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
+    train_path, _ = data_paths(cfg)
+    try:
+        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+    return layout, {i: len(shard) for i, shard in enumerate(shards)}
