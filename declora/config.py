@@ -106,11 +106,20 @@ class RunConfig:
     # ---- derived values -----------------------------------------------------------------------------------------
     def rank_list(self) -> list[int]:
         """Every peer's LoRA rank: --ranks when given (it wins over a topology file), else the topology file's
-        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all. Resolved once per config
-        (the file is read once); a frozen dataclass, so the cache goes straight into the instance dict."""
-        if "_ranks" not in self.__dict__:
-            object.__setattr__(self, "_ranks", self._resolve_ranks())
-        return list(self.__dict__["_ranks"])
+        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all. Resolved once per config."""
+        return list(self._memo("_ranks", self._resolve_ranks))
+
+    def gossip_topology(self):
+        """The gossip graph (core.topology.Topology), loaded once per config; raises TopologyError."""
+        from declora.core.topology_files import load_topology
+
+        return self._memo("_topology", lambda: load_topology(self.topology_spec()))
+
+    def _memo(self, key: str, make):
+        # A frozen dataclass: derived values are cached straight into the instance dict, outside the fields.
+        if key not in self.__dict__:
+            object.__setattr__(self, key, make())
+        return self.__dict__[key]
 
     def _resolve_ranks(self) -> list[int]:
         values = [int(v) for v in str(self.ranks).split(",") if v.strip()]
@@ -217,10 +226,9 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 def _check_topology(cfg: RunConfig) -> None:
     from declora.core.graphs import TopologyError
-    from declora.core.topology_files import load_topology
 
     try:
-        n = load_topology(cfg.topology_spec()).n
+        n = cfg.gossip_topology().n
     except TopologyError as e:
         raise ConfigError(str(e)) from None
     if n != cfg.peers:

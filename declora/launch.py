@@ -105,15 +105,14 @@ def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
     run_dir = make_out_dir(cfg)
     config_path = run_dir / "config.json"
     ids = process_ids(cfg)
-    if cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists():
-        # Resume with the same ports so that the peers' saved addresses stay right.
-        check_links(cfg, ids)
-        return cfg, config_path
-    if not cfg.hosts and not cfg.base_port:
+    # Resume with the same ports so that the peers' saved addresses stay right.
+    reuse = cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists()
+    if not reuse and not cfg.hosts and not cfg.base_port:
         ports = free_loopback_ports(len(ids))
         write_addresses(run_dir, {pid: f"tcp://127.0.0.1:{port}" for pid, port in zip(ids, ports)})
     check_links(cfg, ids)
-    write_run_config(cfg, config_path)
+    if not reuse:
+        write_run_config(cfg, config_path)
     return cfg, config_path
 
 

@@ -19,7 +19,6 @@ from declora.core.aggregate import consensus_distance
 from declora.core.factors import Adapter
 from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
 from declora.core.strategies import Strategy, get_strategy
-from declora.core.topology_files import load_topology
 from declora.wire.adapter_messages import AdapterSender, decode_received
 from declora.wire.protocol import AdapterLayout, Kind, make_message
 
@@ -78,8 +77,6 @@ class Gossip:
 
 
 class ServerClient:
-    topology = None
-
     def __init__(self, peer_id: int, server_id: int, strategy: Strategy, total_rank: int):
         self.peer_id, self.server_id, self.strategy, self.total_rank = peer_id, server_id, strategy, total_rank
         self.neighbours = [server_id]
@@ -105,7 +102,6 @@ class ServerClient:
 
 
 class Alone:
-    topology = None
     neighbours: list[int] = []
 
     def __init__(self, peer_id: int):
@@ -128,7 +124,7 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
         return Alone(peer_id)
     if cfg.server:
         return ServerClient(peer_id, cfg.server_id, get_strategy(cfg.server), total_rank=sum(ranks))
-    topology = load_topology(cfg.topology_spec())  # validate() checked that it loads and has cfg.peers nodes
+    topology = cfg.gossip_topology()  # validate() checked that it loads and has cfg.peers nodes
     row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
                   alpha=cfg.alpha, rslora=cfg.rslora)

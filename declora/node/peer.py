@@ -131,10 +131,10 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise ConfigError(f"--peer-id must be in 0..{cfg.peers - 1}, got {args.peer_id}")
         hood = neighbourhood_for(cfg, args.peer_id)
         if hood.neighbours:  # before the model is built: a bad key or address should cost no time
-            check_links(cfg, [args.peer_id], hood.topology)
+            check_links(cfg, [args.peer_id])
         learner = build_learner(cfg, args.peer_id, alone=cfg.mode == "centralized")
         layout = hood.inbound_layout(learner.adapter())
-        transport = open_transport(cfg, args.peer_id, hood.neighbours, hood.topology, layout)
+        transport = open_transport(cfg, args.peer_id, hood.neighbours, layout)
         run_peer(cfg, args.peer_id, learner, transport, hood, args.resume_round)
 
     return run_process("peer", f"peer {args.peer_id}", args, body)

@@ -126,7 +126,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         first = args.resume_round + 1 if cfg.resume and args.resume_round is not None else 0
         check_links(cfg, [cfg.server_id])
         layout, samples = server_expectations(cfg)
-        transport = open_transport(cfg, cfg.server_id, list(range(cfg.peers)), None, layout)
+        transport = open_transport(cfg, cfg.server_id, list(range(cfg.peers)), layout)
         run_server(cfg, transport, layout, samples, first)
 
     return run_process("server", "server", args, body)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from declora.config import RunConfig
-from declora.core.topology_files import load_topology
 from declora.node.addressbook import address_book, bind_endpoint
 from declora.wire.inproc import InProcNetwork
 from declora.wire.liveness import Liveness
@@ -19,27 +18,29 @@ def liveness_of(cfg: RunConfig) -> Liveness:
     return Liveness(heartbeat_interval_s=cfg.heartbeat_s, missed_intervals_before_down=cfg.missed_heartbeats)
 
 
-def open_transport(cfg: RunConfig, me: int, neighbours: list[int], topology, layout: AdapterLayout | None):
-    """Peer (or server) `me`'s transport to `neighbours`; `topology` may carry the nodes' addresses."""
+def run_address_book(cfg: RunConfig) -> dict[int, str]:
+    """Every process id of the run -> its endpoint; a gossip topology file's nodes may carry the addresses."""
+    topology = None if cfg.server or cfg.mode == "centralized" else cfg.gossip_topology()
+    return address_book(cfg, topology, Path(cfg.out), n_ids=cfg.peers + 1 if cfg.server else cfg.peers)
+
+
+def open_transport(cfg: RunConfig, me: int, neighbours: list[int], layout: AdapterLayout | None):
+    """Peer (or server) `me`'s transport to `neighbours`."""
     if not neighbours:
         return InProcNetwork().transport(me, [], layout=layout, liveness=liveness_of(cfg))
-    n_ids = cfg.peers + 1 if cfg.server else cfg.peers
-    book = address_book(cfg, topology, Path(cfg.out), n_ids=n_ids)
+    book = run_address_book(cfg)
     return ZmqTransport(
         me, bind_endpoint(book[me]), {j: book[j] for j in neighbours}, layout=layout, liveness=liveness_of(cfg),
         security=load_security(cfg.keys, me) if cfg.keys else None, allow_plaintext_nonlocal=cfg.insecure,
     )
 
 
-def check_links(cfg: RunConfig, ids: list[int], topology=None) -> None:
+def check_links(cfg: RunConfig, ids: list[int]) -> None:
     """Before anything starts: the address book is readable, every local peer's keys load, and without keys no plain
     text would leave this host unless --insecure. Raises ConfigError or SecurityError, with the fix in the message."""
     if cfg.mode == "centralized":
         return  # a peer that is alone has no links
-    if topology is None and not cfg.server:
-        topology = load_topology(cfg.topology_spec())  # its nodes may carry the addresses
-    n_ids = cfg.peers + 1 if cfg.server else cfg.peers
-    book = address_book(cfg, topology, Path(cfg.out), n_ids=n_ids)
+    book = run_address_book(cfg)
     if cfg.keys:
         for i in ids:
             load_security(cfg.keys, i)
