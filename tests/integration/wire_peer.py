@@ -198,6 +198,14 @@ class Cluster:
         except (OSError, ValueError):
             return -1
 
+    def rounds_hearing(self, name: str, peer: int, since: int) -> int:
+        """How many of `name`'s finished rounds from `since` on heard `peer` (its trace is saved every round)."""
+        try:
+            trace = torch.load(self.out / f"trace-{name}.pt", weights_only=True)
+        except (OSError, RuntimeError, EOFError):
+            return 0
+        return sum(r["round"] >= since and peer in (r["heard"] or ()) for r in trace)
+
     def wait_until(self, condition, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout
         while not condition():
