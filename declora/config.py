@@ -21,6 +21,7 @@ else:  # pragma: no cover - Python 3.10
 
 from declora.core.codecs import CODEC_NAMES
 from declora.core.mixing import MIXING_RULES
+from declora.core.robust import ROBUST_RULES, RobustRule
 from declora.core.strategies import SERVER_ALIASES, STRATEGIES, get_strategy
 from declora.learn.model import TASKS
 from declora.learn.training import SCHEDULES
@@ -56,6 +57,12 @@ class RunConfig:
     block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
     stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
     error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
+    # Defence against hostile neighbours (declora.core.robust, declora.core.plausibility).
+    robust: str = _opt("none", "robust mixing: none | clip (ClippedGossip, every mode) | trimmed-mean | median "
+                               "(coordinate-wise, gossip only)", choices=ROBUST_RULES)
+    robust_trim: int = _opt(1, "neighbours per round that robust mixing assumes may be hostile")
+    plausible_ratio: float = _opt(10.0, "drop a received adapter whose norm is over this many times the larger of "
+                                        "our own and the recent accepted ones (0 = off)")
     # The adapter.
     ranks: str = _opt("", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4); empty = the "
                           "topology file's per-node 'rank' where it gives one, else 8")
@@ -209,6 +216,15 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"{','.join(map(str, ranks))}; use {flag} {', '.join(others[:-1])} or {others[-1]} for heterogeneous "
                           f"ranks, "
                           f"or one --ranks value")
+    need(cfg.robust in ROBUST_RULES, f"--robust must be one of {', '.join(ROBUST_RULES)}, got {cfg.robust!r}")
+    need(cfg.robust_trim >= 0, f"--robust-trim must be >= 0, got {cfg.robust_trim}")
+    need(cfg.plausible_ratio == 0 or cfg.plausible_ratio > 1,
+         f"--plausible-ratio must be > 1, or 0 to turn the check off, got {cfg.plausible_ratio}")
+    if cfg.robust != "none" and cfg.mode != "centralized" and not cfg.server:
+        try:
+            RobustRule(cfg.robust, cfg.robust_trim).check_mode(cfg.mode, get_strategy(cfg.mode).equal_ranks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

@@ -405,6 +405,26 @@ def consensus_distance(adapters: Sequence[Adapter]) -> float:
     return max(total, 0.0) / n  # rounding can leave a tiny negative when all agree
 
 
+def product_distances(mine: Adapter, others: Sequence[Adapter]) -> list[float]:
+    """|| P_j - P_i ||_F with P = the products s B A of every module plus the dense tensors, for any mix of ranks;
+    no (out x in) matrix is formed (the Gram trick of `consensus_distance`)."""
+    adapters = [mine, *others]
+    _check_adapters(adapters)
+    n, device = len(adapters), _device(adapters)
+    d2 = torch.zeros(n, dtype=torch.float64, device=device)
+    for key in sorted(mine.factors):
+        fs = [a.factors[key] for a in adapters]
+        H_RR = _gram_products(_stacked_Bt(fs, torch.float64, device), _stacked_A(fs, [1.0] * n, torch.float64, device))
+        owner_R = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor([f.r for f in fs], device=device))
+        onehot_Rn = torch.nn.functional.one_hot(owner_R, n).to(torch.float64)
+        G_nn = onehot_Rn.T @ H_RR @ onehot_Rn  # G[i, j] = <P_i, P_j>
+        d2 += torch.diagonal(G_nn) + G_nn[0, 0] - 2 * G_nn[0]
+    for name in sorted(mine.dense):
+        D = torch.stack([a.dense[name].to(device=device, dtype=torch.float64).reshape(-1) for a in adapters])
+        d2 += (D - D[0]).pow(2).sum(dim=1)
+    return [math.sqrt(max(float(v), 0.0)) if math.isfinite(float(v)) else math.inf for v in d2[1:]]
+
+
 def factor_averaging_error(adapters: Sequence[Adapter], weights: Sequence[float]) -> float:
     """Relative Frobenius error of gossip's product against the exact weighted sum of products, over all modules:
 

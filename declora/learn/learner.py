@@ -62,6 +62,13 @@ class Learner:
         with self.rng:
             merge_delta_and_reset(self.model, merged, rank=self.rank, seed=self.seed)
 
+    def unmerge(self, delta: dict[str, torch.Tensor]) -> None:
+        """Take a delta that `merge_and_restart` merged back out of the base (a rollback), with a fresh adapter and
+        optimizer; load the adapter to go on with afterwards. Exact up to the base dtype's rounding."""
+        with self.rng:
+            merge_delta_and_reset(self.model, {k: -d for k, d in delta.items()}, rank=self.rank, seed=self.seed)
+            self.trainer.reset_optimizer()
+
     def evaluate(self, limit: int = 0) -> dict:
         """The eval metrics on the first `limit` examples (0: all)."""
         subset = self.eval_set.head(limit) if limit else self.eval_set

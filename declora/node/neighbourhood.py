@@ -18,6 +18,9 @@ from declora.config import RunConfig
 from declora.core.aggregate import consensus_distance
 from declora.core.factors import Adapter
 from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
+from declora.core.plausibility import PlausibilityCheck
+from declora.core.robust import (COORDINATE_RULES, RobustRule, adapter_norm, clipped_weights, coordinatewise,
+                                 distances_for)
 from declora.core.strategies import Strategy, get_strategy
 from declora.wire.adapter_messages import AdapterSender, decode_received
 from declora.wire.protocol import AdapterLayout, Kind, make_message
@@ -36,6 +39,9 @@ class Received:
     waited_s: float = 0.0
     bytes_sent: int = 0
     distance: float = 0.0  # consensus distance of the adapters mixed (gossip only)
+    implausible: dict[int, str] = field(default_factory=dict)  # dropped by the plausibility check, with the reason
+    clipped: list[int] = field(default_factory=list)  # neighbours whose pull robust clipping shortened
+    clip_radius: float | None = None
 
 
 @dataclass
@@ -47,11 +53,21 @@ class Combined:
 
 
 class Gossip:
+    """Graph neighbours, mixed with this peer's row of the mixing matrix by the run's strategy.
+
+    Every received adapter first passes the plausibility check (an implausible one is dropped, logged and counted, as
+    if it had not arrived); then the robust rule, if any, decides how much each neighbour may pull (declora.core.robust).
+    """
+
     def __init__(self, peer_id: int, topology, row: dict[int, float], strategy: Strategy, rank: int,
-                 max_rank: int, alpha: float, rslora: bool):
+                 max_rank: int, alpha: float, rslora: bool, robust: RobustRule = RobustRule(),
+                 plausibility: PlausibilityCheck | None = None):
         self.peer_id, self.topology, self.row, self.strategy = peer_id, topology, row, strategy
         self.neighbours = topology.neighbors(peer_id)
         self.rank, self.max_rank, self.alpha, self.rslora = rank, max_rank, alpha, rslora
+        self.robust = robust
+        self.plausibility = plausibility if plausibility is not None else PlausibilityCheck()
+        self.implausible_total = 0
 
     def inbound_layout(self, mine: Adapter) -> AdapterLayout:
         """Our modules and dense tensors; factor averaging needs our rank, the exact modes any rank up to the
@@ -62,18 +78,38 @@ class Gossip:
                  deadline_s: float) -> Received:
         result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s)
         adapters = decode_received(result.received, transport.layout)
+        implausible = self.plausibility.screen(adapter_norm(mine), {j: adapter_norm(a) for j, a in adapters.items()})
+        for j, why in implausible.items():
+            log.warning("peer %d round %d: dropped neighbour %d's adapter as implausible: %s", self.peer_id, t, j, why)
+            del adapters[j]
+        self.implausible_total += len(implausible)
         weights = renormalize_row(self.row, self.peer_id, heard=set(adapters))
         return Received(adapters, weights, list(result.missing), sum(m.nbytes for m in result.received.values()),
-                        result.waited_s, result.bytes_sent)
+                        result.waited_s, result.bytes_sent, implausible=implausible)
 
     def combine(self, mine: Adapter, got: Received) -> Combined:
-        """Our exact adapter mixed with the neighbours' decoded ones."""
+        """Our exact adapter mixed with the neighbours' decoded ones (robustly, if the run says so)."""
         ids = [self.peer_id, *sorted(got.adapters)]
         adapters = [mine if i == self.peer_id else got.adapters[i] for i in ids]
         weights = [got.weights[i] for i in ids]
         got.distance = consensus_distance(adapters) if len(adapters) > 1 else 0.0
+        if self.robust.name in COORDINATE_RULES:
+            return Combined(coordinatewise(adapters, self.robust.name, self.robust.trim), False)
+        if self.robust.name == "clip" and len(adapters) > 1:
+            distances = distances_for(self.strategy.equal_ranks, mine, adapters[1:])
+            weights, got.clip_radius = clipped_weights(weights, distances, self.robust.trim)
+            got.clipped = [j for j, d in zip(ids[1:], distances) if d > got.clip_radius]
+            got.weights = dict(zip(ids, weights))
         mixed = self.strategy.combine(adapters, weights, rank=self.rank, alpha=self.alpha, rslora=self.rslora)
         return Combined(mixed, self.strategy.merges_into_base)
+
+    def state_dict(self) -> dict:
+        """What it learned from past rounds (the plausibility check's history): goes into the checkpoint."""
+        return {"plausibility": self.plausibility.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "plausibility" in state:
+            self.plausibility.load_state_dict(state["plausibility"])
 
 
 class ServerClient:
@@ -94,6 +130,12 @@ class ServerClient:
         adapters = decode_received(result.received, transport.layout)
         return Received(adapters, {}, list(result.missing), sum(m.nbytes for m in result.received.values()),
                         result.waited_s, sent)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def combine(self, mine: Adapter, got: Received) -> Combined | None:
         if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
@@ -117,6 +159,12 @@ class Alone:
     def combine(self, mine: Adapter, got: Received) -> None:
         return None
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | Alone:
     ranks = cfg.rank_list()
@@ -127,4 +175,5 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
     topology = cfg.gossip_topology()  # validate() checked that it loads and has cfg.peers nodes
     row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
-                  alpha=cfg.alpha, rslora=cfg.rslora)
+                  alpha=cfg.alpha, rslora=cfg.rslora, robust=RobustRule(cfg.robust, cfg.robust_trim),
+                  plausibility=PlausibilityCheck(cfg.plausible_ratio))

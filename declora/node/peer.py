@@ -20,6 +20,7 @@ from declora.learn.learner import Learner
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.metrics import MetricsWriter
 from declora.node.neighbourhood import neighbourhood_for
+from declora.node.rollback import Rollback
 from declora.wire.adapter_messages import AdapterSender
 
 log = logging.getLogger("declora.node.peer")
@@ -31,7 +32,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     sender = AdapterSender(cfg.codec, cfg.block_size, cfg.stochastic_rounding, cfg.error_feedback,
                            seed=cfg.seed * 1000 + peer_id)
     merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far
-    start_round = resume(cfg, peer_id, resume_round, learner, sender, merged) if cfg.resume else 0
+    rollback = Rollback(learner, merged)  # a mix that makes training blow up is undone, not fatal
+    start_round = resume(cfg, peer_id, resume_round, learner, sender, merged, rollback, hood) if cfg.resume else 0
     metrics = MetricsWriter(run_dir / "metrics" / f"peer-{peer_id}.jsonl", truncate_after_round=start_round - 1)
     started = time.time()
 
@@ -39,13 +41,18 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
         wait_for_neighbours(transport, hood.neighbours, cfg.start_timeout_s)
         for t in range(start_round, cfg.rounds):
             round_start = time.time()
-            train_stats = learner.train()
+            train_stats = rollback.train(t)
 
             mine = learner.adapter()
             got = hood.exchange(transport, t, mine, sender, learner.samples, cfg.deadline_s)
             result = hood.combine(mine, got)
+            if result is not None and not rollback.finite(result.adapter):
+                log.warning("round %d: the mix is not finite; kept our own adapter", t)
+                rollback.count, result = rollback.count + 1, None
+            rollback.before_mix(mine)
             if result is not None and result.merge:
                 accumulate(merged, learner.merge_and_restart(result.adapter))
+                rollback.merged(result.adapter)
                 sender.reset_residuals()
             elif result is not None:
                 learner.load(result.adapter)
@@ -53,12 +60,14 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
                       "train_samples": train_stats["samples"], "neighbours_heard": len(got.adapters),
                       "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
-                      "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s}
+                      "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
+                      "implausible": sorted(got.implausible), "clipped": got.clipped, "rollbacks": rollback.count}
             record.update(evaluate_if_due(cfg, learner, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
             state = {"round": t, "adapter": adapter_to_state(learner.adapter()), "trainer": learner.state_dict(),
-                     "sender": sender.state_dict(), "merged_delta": merged}
+                     "sender": sender.state_dict(), "merged_delta": merged, "rollback": rollback.state_dict(),
+                     "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
                      len(hood.neighbours), _eval_text(record))
@@ -97,7 +106,7 @@ def wait_for_neighbours(transport, neighbours: list[int], timeout_s: float) -> N
 
 
 def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, learner: Learner, sender: AdapterSender,
-           merged: dict) -> int:
+           merged: dict, rollback: Rollback, hood) -> int:
     """Load the checkpoint of `resume_round` (default: the latest) if there is one; return the first round to run."""
     state = load_checkpoint(cfg.out, peer_id, resume_round)
     if state is None:
@@ -109,6 +118,9 @@ def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, learner: Lear
     learner.load(adapter_from_state(state["adapter"]))
     learner.load_state_dict(state["trainer"])
     sender.load_state_dict(state["sender"])
+    if "rollback" in state:
+        rollback.load_state_dict(state["rollback"])
+    hood.load_state_dict(state.get("neighbourhood", {}))
     log.info("resumed from the checkpoint of round %d", state["round"])
     return int(state["round"]) + 1
 
