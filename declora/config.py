@@ -19,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from declora.core.attacks import ATTACKS
 from declora.core.codecs import CODEC_NAMES
 from declora.core.mixing import MIXING_RULES
 from declora.core.robust import ROBUST_RULES, RobustRule
@@ -63,6 +64,9 @@ class RunConfig:
     robust_trim: int = _opt(1, "neighbours per round that robust mixing assumes may be hostile")
     plausible_ratio: float = _opt(10.0, "drop a received adapter whose norm is over this many times the larger of "
                                         "our own and the recent accepted ones (0 = off)")
+    attack: str = _opt("none", "for robustness tests and benchmarks only: the --attackers send poison instead of "
+                               "their adapter: none | huge | signflip | nan | noise | drift", choices=ATTACKS)
+    attackers: str = _opt("", "comma-separated ids of the peers that --attack")
     # The adapter.
     ranks: str = _opt("", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4); empty = the "
                           "topology file's per-node 'rank' where it gives one, else 8")
@@ -111,6 +115,9 @@ class RunConfig:
                                     "model of every round afterwards; costs disk)")
 
     # ---- derived values -----------------------------------------------------------------------------------------
+    def attacker_ids(self) -> list[int]:
+        return [int(x) for x in self.attackers.split(",") if x.strip()]
+
     def rank_list(self) -> list[int]:
         """Every peer's LoRA rank: --ranks when given (it wins over a topology file), else the topology file's
         per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all. Resolved once per config."""
@@ -225,6 +232,14 @@ def validate(cfg: RunConfig) -> RunConfig:
             RobustRule(cfg.robust, cfg.robust_trim).check_mode(cfg.mode, get_strategy(cfg.mode).equal_ranks)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    need(cfg.attack in ATTACKS, f"--attack must be one of {', '.join(ATTACKS)}, got {cfg.attack!r}")
+    try:
+        hostile = cfg.attacker_ids()
+    except ValueError:
+        raise ConfigError(f"--attackers must be peer ids like 3 or 1,5, got {cfg.attackers!r}") from None
+    need(all(0 <= i < cfg.peers for i in hostile), f"--attackers must be peer ids in 0..{cfg.peers - 1}, "
+                                                   f"got {cfg.attackers!r}")
+    need(cfg.attack == "none" or hostile, f"--attack {cfg.attack} needs --attackers (which peers attack)")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

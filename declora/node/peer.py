@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from declora.config import ConfigError, RunConfig, add_peer_flags
+from declora.core.attacks import HostileSender
 from declora.learn.learner import Learner
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.metrics import MetricsWriter
@@ -31,6 +32,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     run_dir = Path(cfg.out)
     sender = AdapterSender(cfg.codec, cfg.block_size, cfg.stochastic_rounding, cfg.error_feedback,
                            seed=cfg.seed * 1000 + peer_id)
+    if peer_id in cfg.attacker_ids():  # robustness tests and benchmarks: this peer sends poison
+        sender = HostileSender(sender, cfg.attack, seed=cfg.seed * 1000 + peer_id)
     merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far
     rollback = Rollback(learner, merged)  # a mix that makes training blow up is undone, not fatal
     start_round = resume(cfg, peer_id, resume_round, learner, sender, merged, rollback, hood) if cfg.resume else 0
