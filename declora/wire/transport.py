@@ -326,13 +326,17 @@ class Transport:
                 self._count_drop(problem[0], sender, problem[1])
                 return
             self._inbox.setdefault((msg.kind, msg.round), {})[sender] = msg
-            self._evict_excess(msg.kind)
+            self._evict_excess(msg.kind, sender)
             self._cv.notify_all()
 
-    def _evict_excess(self, kind: Kind) -> None:
-        """Before the first collect there is no floor: keep at most max_future_rounds + 1 rounds (lock held)."""
-        rounds = sorted(r for k, r in self._inbox if k == kind)
+    def _evict_excess(self, kind: Kind, sender: int) -> None:
+        """Per-sender buffers: before the first collect there is no floor, so a sender keeps at most
+        max_future_rounds + 1 rounds buffered and a flood pushes out only its own oldest ones, never another
+        neighbour's (lock held). With a floor, `_round_problem` bounds every sender the same way."""
+        rounds = sorted(r for (k, r), box in self._inbox.items() if k == kind and sender in box)
         for r in rounds[: max(0, len(rounds) - self.max_future_rounds - 1)]:
-            for sender in self._inbox.pop((kind, r)):
-                self._count_drop("evicted", sender, f"round {r} pushed out by newer rounds")
-
+            box = self._inbox[(kind, r)]
+            del box[sender]
+            if not box:
+                del self._inbox[(kind, r)]
+            self._count_drop("evicted", sender, f"round {r} pushed out by its newer rounds")

@@ -89,6 +89,18 @@ def test_far_future_and_duplicate_messages_are_dropped():
     assert torch.equal(message_to_adapter(got).dense["head"], adapter(1).dense["head"])
 
 
+def test_a_flooding_neighbour_evicts_only_its_own_messages():
+    """Before the first collect there is no round floor: a neighbour sending ever newer rounds (here near 10^9)
+    pushes out its own oldest messages, never another neighbour's round-0 message."""
+    net, (a, b, c) = ring(3, max_future_rounds=2)
+    assert c.send(0, factors(2, 0))  # the honest neighbour's round 0, in before the flood
+    for r in range(10**9, 10**9 + 20):
+        b.send(0, factors(1, r))
+    assert a.counters()["dropped"] == {"evicted": 17}  # b keeps max_future_rounds + 1 = 3 rounds
+    res = a.collect(0, Kind.FACTORS, {2}, deadline_s=5)
+    assert list(res.received) == [2] and res.waited_s < 1  # no deadline wait: round 0 was still there
+
+
 def test_rounds_skipped_by_the_receiver_are_dropped_as_old():
     net, (a, b) = ring(2)
     b.send(0, factors(1, 0))
