@@ -121,6 +121,19 @@ class AdapterLayout:
         _check_against_layout([_Spec(t.key, t.role, tuple(t.encoded.shape), t.r, t.alpha, t.rslora)
                                for t in message.tensors], self)
 
+    def max_frame_bytes(self, limits: "Limits") -> int:
+        """The largest frame a valid message of this layout can have: the header, or a payload frame holding at most
+        every tensor in float32 (the widest codec) with packing padding. ZeroMQ refuses a bigger frame before
+        buffering it (MAXMSGSIZE), so a hostile frame costs the receiver at most this."""
+        entries, tensors = 0, 2 * len(self.modules) + len(self.dense)
+        for m in self.modules.values():
+            r = limits.max_rank if m.max_rank is None else m.max_rank
+            entries += r * (m.in_features + m.out_features)
+        entries += sum(math.prod(shape) for shape in self.dense.values())
+        payload = 4 * entries + tensors * 4 * PACK_ALIGN
+        header = 4096 + tensors * (512 + limits.max_key_len)
+        return min(limits.max_message_bytes, max(payload, header))
+
     def to_body(self) -> dict:
         """A msgpack-able form for HELLO bodies."""
         return {"modules": {k: [m.in_features, m.out_features, m.min_rank, m.max_rank, m.alpha, m.rslora]

@@ -99,7 +99,9 @@ class ZmqTransport(Transport):
         s = self._ctx.socket(zmq.ROUTER)
         s.linger = 0
         s.rcvhwm = self.rcvhwm
-        s.maxmsgsize = self.limits.max_message_bytes  # per frame: ZeroMQ disconnects a sender that exceeds it
+        # Per frame (ZeroMQ has no limit on a whole multipart message): a sender whose frame is larger than a valid
+        # message of our layout could have is disconnected before that frame is buffered.
+        s.maxmsgsize = self.layout.max_frame_bytes(self.limits) if self.layout else self.limits.max_message_bytes
         s.router_handover = 1  # a restarted peer takes its id back even if the old connection lingers
         if self.security is not None:
             sec.configure_server(s, self.security)
