@@ -34,6 +34,8 @@ PEERS, HOSTILE = 8, 3
 
 
 def run_cell(attack: str, rule: str, args, out: Path) -> dict:
+    if args.reuse and (out / "summary.json").exists():  # finished by an earlier invocation with the same settings
+        return collect(attack, out, json.loads((out / "summary.json").read_text()).get("wall_seconds", 0.0), 0)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -48,7 +50,10 @@ def run_cell(attack: str, rule: str, args, out: Path) -> dict:
     started = time.time()
     with open(out / "simulate.log", "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
-    wall = time.time() - started
+    return collect(attack, out, time.time() - started, code)
+
+
+def collect(attack: str, out: Path, wall: float, code: int) -> dict:
     honest = [i for i in range(PEERS) if attack == "none" or i != HOSTILE]
     accs, implausible, clipped, rollbacks = [], 0, 0, 0
     for i in honest:
@@ -59,7 +64,7 @@ def run_cell(attack: str, rule: str, args, out: Path) -> dict:
         implausible += sum(len(r.get("implausible", [])) for r in rows)
         clipped += sum(HOSTILE in r.get("clipped", []) for r in rows)
         rollbacks += rows[-1].get("rollbacks", 0) if rows else 0
-    return {"attack": attack, "rule": rule, "returncode": code, "wall_s": round(wall, 1),
+    return {"attack": attack, "rule": out.name[len(attack) + 1:], "returncode": code, "wall_s": round(wall, 1),
             "honest_accuracy_mean": statistics.mean(accs) if len(accs) == len(honest) else None,
             "honest_accuracy_min": min(accs) if accs else None, "implausible_drops": implausible,
             "hostile_clipped_rounds": clipped, "rollbacks": rollbacks}
@@ -108,6 +113,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--reuse", action="store_true", help="keep cells an earlier invocation finished (same settings!)")
     args = p.parse_args()
     runs = ROOT / "runs" / "bench_robust"
     cells = []

@@ -15,14 +15,17 @@ import zmq
 
 from declora.core.factors import Adapter, LoraFactor
 from declora.wire.adapter_messages import encode_adapter
-from declora.wire.protocol import Kind, make_message, to_frames
+from declora.wire.protocol import AdapterLayout, Kind, Limits, make_message, to_frames
 from declora.wire.security import generate_keys, load_security
 
 from .wire_peer import ALPHA, DIN, DOUT, RANK, Cluster, state_to_adapter, synthetic_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-LIMIT = 1 << 20  # the peer's max message size (and ZeroMQ MAXMSGSIZE)
+LIMIT = 1 << 20  # the peer's max message size
+# ZeroMQ's MAXMSGSIZE: the largest frame a valid message of the peer's layout can have
+FRAME_LIMIT = AdapterLayout.from_adapter(synthetic_adapter(0), equal_rank=True).max_frame_bytes(
+    Limits(max_message_bytes=LIMIT))
 
 
 def frames(msg):
@@ -118,7 +121,9 @@ def test_hostile_input_is_dropped_counted_and_harmless(tmp_path):
             ("frames", factors(1, now + 2)[:-1]),  # truncated multipart
             ("version", reheader(factors(1, now + 2), v=2)),
             ("shape", factors(1, now + 2, wrong_shape)),
-            ("oversize", [*frames(make_message(Kind.PING, 1, 0)), bytes(LIMIT // 2 + 10), bytes(LIMIT // 2 + 10)]),
+            # Over the whole-message limit in frames that each fit the layout's frame limit (ZeroMQ passes them on).
+            ("oversize", [*frames(make_message(Kind.PING, 1, 0)),
+                          *[bytes(FRAME_LIMIT - 64)] * (LIMIT // (FRAME_LIMIT - 64) + 1)]),
             ("nonfinite", nan),
             ("future_round", factors(1, now + 1000)),
             ("forged_sender", reheader(factors(1, now + 2), sender=5)),
@@ -132,7 +137,7 @@ def test_hostile_input_is_dropped_counted_and_harmless(tmp_path):
         nameless = dealer(ctx, target, b"eve")
         send(nameless, frames(make_message(Kind.PING, 1, 0)))  # no peer id at all
         huge = dealer(ctx, target, b"8")
-        send(huge, [bytes(LIMIT + 1)])  # over MAXMSGSIZE: ZeroMQ itself cuts the connection
+        send(huge, [bytes(FRAME_LIMIT + 1)])  # over MAXMSGSIZE: ZeroMQ itself cuts the connection
         time.sleep(1.0)
         assert cluster.procs["peer-0"].poll() is None, "the peer died"
         send(as_one, frames(make_message(Kind.PING, 1, 0)))
