@@ -106,7 +106,8 @@ class RunConfig:
     base_port: int = _opt(0, "first TCP port; peer i listens on base_port + i (0 = free loopback ports)")
     peers_per_node: int = _opt(0, "peers per node for --hosts (0 = peers / number of hosts)")
     keys: str = _opt("", "folder made by `declora keys make`: enables CurveZMQ")
-    insecure: bool = _opt(False, "allow plain text on non-loopback addresses (never on an untrusted network)")
+    insecure: bool = _opt(False, "plain text: simulate makes no CURVE keys for the run, and non-loopback addresses "
+                                 "are allowed without keys (never on an untrusted network)")
     # Output.
     out: str = _opt("runs/latest", "output folder (config, metrics, adapters, plots, summary)")
     resume: bool = _opt(False, "continue from the checkpoints in --out")

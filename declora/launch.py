@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
 from declora.node.transports import check_links
+from declora.wire.security import generate_keys
 
 POLL_S = 0.5
 
@@ -100,20 +102,32 @@ class PeerProcesses:
                 p.wait()
 
 
-def prepare_run_dir(cfg: RunConfig) -> tuple[RunConfig, Path]:
-    """Create DIR, choose loopback ports when none were given, write the resolved config and addresses."""
+def prepare_run_dir(cfg: RunConfig, ephemeral_keys: bool = False) -> tuple[RunConfig, Path]:
+    """Create DIR, choose loopback ports when none were given, make the run's own CURVE keys (`ephemeral_keys`,
+    unless --keys or --insecure), write the resolved config and addresses."""
     run_dir = make_out_dir(cfg)
     config_path = run_dir / "config.json"
     ids = process_ids(cfg)
-    # Resume with the same ports so that the peers' saved addresses stay right.
+    # Resume with the same ports (and keys) so that the peers' saved addresses stay right.
     reuse = cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists()
     if not reuse and not cfg.hosts and not cfg.base_port:
         ports = free_loopback_ports(len(ids))
         write_addresses(run_dir, {pid: f"tcp://127.0.0.1:{port}" for pid, port in zip(ids, ports)})
+    if ephemeral_keys and not reuse and not cfg.keys and not cfg.insecure and cfg.mode != "centralized":
+        cfg = replace(cfg, keys=str(make_run_keys(run_dir / "keys", ids)))
     check_links(cfg, ids)
     if not reuse:
         write_run_config(cfg, config_path)
     return cfg, config_path
+
+
+def make_run_keys(folder: Path, ids: list[int]) -> Path:
+    """Fresh CURVE keypairs for every process of this run (secret files 0600), so that even a run on one host
+    authenticates every message: in plain text any local process could speak as any peer."""
+    if folder.exists():
+        shutil.rmtree(folder)  # an earlier run's keys in this folder: this run gets its own
+    generate_keys(folder, ids)
+    return folder
 
 
 def child_env() -> dict:
@@ -127,7 +141,7 @@ def child_env() -> dict:
 
 def simulate(cfg: RunConfig, out=sys.stdout) -> int:
     """Run every process of the run on this host; return the exit status for the command."""
-    cfg, config_path = prepare_run_dir(cfg)
+    cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True)
     return run_processes(cfg, config_path, process_ids(cfg), out=out)
 
 
@@ -220,7 +234,8 @@ def describe(cfg: RunConfig) -> str:
     if cfg.mode == "centralized":
         return f"centralized, {cfg.rounds} rounds x {cfg.local_steps * cfg.peers} steps"
     what = f"server {cfg.server}" if cfg.server else f"{cfg.mode} on {cfg.topology_spec()}"
-    return f"{cfg.peers} peers, {what}, codec {cfg.codec}, {cfg.rounds} rounds x {cfg.local_steps} steps"
+    wire = "CURVE" if cfg.keys else "plain text"
+    return f"{cfg.peers} peers, {what}, codec {cfg.codec} over {wire}, {cfg.rounds} rounds x {cfg.local_steps} steps"
 
 
 # ---- multi-node ----------------------------------------------------------------------------------------------------
