@@ -11,7 +11,13 @@ sends its adapter and waits for the other's), through:
   receiver's I/O thread does inside every `transport` exchange,
 - `raw`: a bare DEALER -> ROUTER pair sending the same number of bytes as one zero-copy frame (the issue's baseline),
 - `raw-same-frames`: bare pyzmq sending the transport's exact frames (header + 128 zero-copy factor frames), to
-  separate what the protocol layer costs from what the frame sizes cost.
+  separate what the protocol layer costs from what the frame sizes cost,
+- `transport-curve`: the `transport` variant over CurveZMQ (the run's keys, the ZAP authenticator), and
+- `raw-curve`: bare pyzmq over CurveZMQ with the transport's exact frames: what encryption itself costs.
+
+The baseline of every ratio ("x raw") is the fastest bare-pyzmq way to move the same bytes in plain text in this run:
+the faster of `raw` and `raw-same-frames` (whichever it is on this machine). CURVE's cost is reported as the ratio of
+each CURVE variant to its plain-text twin, in the same run.
 
 MB/s = bytes of one message / seconds for the exchange (both directions run at once; median over repeats).
 Goal (issue 3): transport >= 0.8 x raw for fp32. Also measured: packing small factors into one frame vs one frame
@@ -29,9 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +54,8 @@ from declora.wire.adapter_messages import encode_adapter, message_to_adapter  # 
 from declora.wire.protocol import AdapterLayout, Kind, decode_message, from_frames, make_message, to_frames  # noqa: E402
 
 GOAL_RATIO = 0.8
-VARIANTS = ("raw", "raw-same-frames", "transport", "transport+codec")
+VARIANTS = ("raw", "raw-same-frames", "transport", "transport+codec", "raw-curve", "transport-curve")
+PLAIN_RAW = ("raw", "raw-same-frames")  # the baseline: the faster of these
 
 
 def minilm_adapter(seed: int) -> Adapter:
@@ -69,6 +78,7 @@ def run_pair_worker(cfg: dict) -> dict:
     import zmq
 
     from declora.wire.liveness import Liveness
+    from declora.wire.security import load_security
     from declora.wire.zmq_transport import ZmqTransport
 
     me, other = cfg["id"], 1 - cfg["id"]
@@ -79,7 +89,18 @@ def run_pair_worker(cfg: dict) -> dict:
     transports = {name: ZmqTransport(me, cfg["book"][name][me], {other: cfg["book"][name][other]}, layout=layout,
                                      liveness=Liveness(1.0, 30)).start()
                   for name, layout in layouts.items()}
+    security = load_security(cfg["keys"], me)
+    transports["curve"] = ZmqTransport(me, cfg["book"]["curve"][me], {other: cfg["book"]["curve"][other]},
+                                       layout=layouts["big"], liveness=Liveness(1.0, 30), security=security).start()
     ctx = zmq.Context()
+    curve_in = ctx.socket(zmq.ROUTER)  # bare CurveZMQ: no authenticator, so any client key is accepted
+    curve_in.curve_server = True
+    curve_in.curve_publickey, curve_in.curve_secretkey = security.public_key, security.secret_key
+    curve_in.bind(cfg["book"]["raw-curve"][me])
+    curve_out = ctx.socket(zmq.DEALER)
+    curve_out.curve_publickey, curve_out.curve_secretkey = security.public_key, security.secret_key
+    curve_out.curve_serverkey = security.key_of(other)
+    curve_out.connect(cfg["book"]["raw-curve"][other])
     barrier = ctx.socket(zmq.PAIR)
     (barrier.bind if me == 0 else barrier.connect)(cfg["book"]["barrier"])
     raw_in = ctx.socket(zmq.ROUTER)
@@ -94,11 +115,11 @@ def run_pair_worker(cfg: dict) -> dict:
         barrier.send(b"")
         barrier.recv()
 
-    rounds = {"big": 0, "small": 0}
+    rounds = {"big": 0, "small": 0, "curve": 0}
     results = {}
 
     def exchange(kind: str, codec: str, inside: bool, pack_below: int | None = None):
-        adapter, t = (big, transports["big"]) if kind == "big" else (small, transports["small"])
+        adapter, t = (small, transports["small"]) if kind == "small" else (big, transports[kind])
         if pack_below is None:
             pack_below = cfg.get("pack_below")
         kw = {} if pack_below is None else {"pack_below": pack_below}
@@ -117,19 +138,19 @@ def run_pair_worker(cfg: dict) -> dict:
             message_to_adapter(res.received[other])
         return time.perf_counter() - t0, msg.nbytes
 
-    def raw_exchange(send, nbytes: int):
-        """`send()` on the bare DEALER, then wait for the other peer's message on the bare ROUTER."""
+    def raw_exchange(send, nbytes: int, inbox=raw_in):
+        """`send()` on a bare DEALER, then wait for the other peer's message on the bare ROUTER `inbox`."""
         sync()
         t0 = time.perf_counter()
         send()
-        raw_in.recv_multipart(copy=False)
+        inbox.recv_multipart(copy=False)
         return time.perf_counter() - t0, nbytes
 
-    def raw_frames(codec: str):
+    def raw_frames(codec: str, out=raw_out, inbox=raw_in):
         """The transport's exact frames, sent and received with bare pyzmq: what the protocol layer costs."""
         frames = to_frames(make_message(Kind.FACTORS, me, 0, encode_adapter(big, codec)))
-        return raw_exchange(lambda: raw_out.send_multipart(frames, copy=False),
-                            sum(memoryview(f).nbytes for f in frames))
+        return raw_exchange(lambda: out.send_multipart(frames, copy=False),
+                            sum(memoryview(f).nbytes for f in frames), inbox)
 
     def raw(nbytes: int):
         buf = np.ones(nbytes, dtype=np.uint8)
@@ -151,6 +172,8 @@ def run_pair_worker(cfg: dict) -> dict:
                     f"raw-same-frames/{codec}": lambda: raw_frames(codec),
                     f"transport/{codec}": lambda: exchange("big", codec, False),
                     f"transport+codec/{codec}": lambda: exchange("big", codec, True),
+                    f"raw-curve/{codec}": lambda: raw_frames(codec, curve_out, curve_in),
+                    f"transport-curve/{codec}": lambda: exchange("curve", codec, False),
                     f"decode/{codec}": lambda: decode(codec)}
         for name in variants:
             results[name] = []
@@ -223,13 +246,19 @@ def pair_results(pair: list[dict]) -> tuple[list[tuple], dict]:
     for codec in ("fp32", "int8"):
         # Each exchange moves one message each way at once; a peer's time is until it has the other's message.
         merged = {k: pair[0][f"{k}/{codec}"] + pair[1][f"{k}/{codec}"] for k in (*VARIANTS, "decode")}
-        raw_dt, raw_mbs, nbytes = median_rate(merged["raw"])
+        best = max(PLAIN_RAW, key=lambda k: median_rate(merged[k])[1])  # the fastest plain raw way, this run
+        raw_dt, raw_mbs, nbytes = median_rate(merged[best])
+        payload["pair"][f"baseline/{codec}"] = best
         for variant in VARIANTS:
             dt, mbs, n = median_rate(merged[variant])
             ratio = mbs / raw_mbs
             payload["pair"][f"{variant}/{codec}"] = {"median_s": dt, "MB_per_s": mbs, "bytes": n, "ratio_to_raw": ratio,
                                                      "samples_s": [s[0] for s in merged[variant]]}
-            rows.append((f"{codec} {variant}", n / 1e6, dt * 1e3, mbs, ratio))
+            rows.append((f"{codec} {variant}{' (baseline)' if variant == best else ''}", n / 1e6, dt * 1e3, mbs,
+                         ratio))
+        for curve, plain in (("raw-curve", "raw-same-frames"), ("transport-curve", "transport")):
+            payload["pair"][f"{curve}/{codec}"]["ratio_to_plain"] = (payload["pair"][f"{curve}/{codec}"]["MB_per_s"]
+                                                                    / payload["pair"][f"{plain}/{codec}"]["MB_per_s"])
         dt, mbs, n = median_rate(merged["decode"])
         payload["decode"][codec] = {"median_s": dt, "MB_per_s": mbs, "bytes": n,
                                     "samples_s": [s[0] for s in merged["decode"]]}
@@ -278,13 +307,17 @@ def main() -> int:
 
     from benchmarks.common import write_result
     from declora.node.addressbook import free_loopback_ports
+    from declora.wire.security import generate_keys
 
-    p = free_loopback_ports(7)
-    book = {"big": [f"tcp://127.0.0.1:{p[0]}", f"tcp://127.0.0.1:{p[1]}"],
-            "small": [f"tcp://127.0.0.1:{p[2]}", f"tcp://127.0.0.1:{p[3]}"],
-            "raw": [f"tcp://127.0.0.1:{p[4]}", f"tcp://127.0.0.1:{p[5]}"], "barrier": f"tcp://127.0.0.1:{p[6]}"}
-    pair = launch("pair", [{"id": i, "book": book, "repeats": args.repeats, "pack_below": args.pack_below}
-                           for i in (0, 1)], timeout=1800)
+    p = free_loopback_ports(11)
+    book = {name: [f"tcp://127.0.0.1:{p[2 * k]}", f"tcp://127.0.0.1:{p[2 * k + 1]}"]
+            for k, name in enumerate(("big", "small", "raw", "curve", "raw-curve"))}
+    book["barrier"] = f"tcp://127.0.0.1:{p[10]}"
+    keys = tempfile.mkdtemp(prefix="bench-transport-keys-")
+    generate_keys(keys, [0, 1])
+    pair = launch("pair", [{"id": i, "book": book, "repeats": args.repeats, "pack_below": args.pack_below,
+                            "keys": keys} for i in (0, 1)], timeout=1800)
+    shutil.rmtree(keys, ignore_errors=True)
     rows, payload = pair_results(pair)
     if args.ring:
         ring_rows, payload["ring"] = ring_results(args.ring, args.ring_rounds, free_loopback_ports(args.ring))
@@ -294,7 +327,12 @@ def main() -> int:
     for name, mb, ms, mbs, ratio in rows:
         print(f"{name:40s} {mb:8.2f} {ms:9.1f} {mbs:8.0f} {ratio:6.2f}")
     fp32_ratio = payload["pair"]["transport/fp32"]["ratio_to_raw"]
-    print(f"fp32 transport / raw = {fp32_ratio:.2f} (goal >= {GOAL_RATIO}); wrote {path}")
+    for codec in ("fp32", "int8"):
+        print(f"{codec}: CURVE costs transport {payload['pair'][f'transport-curve/{codec}']['ratio_to_plain']:.2f}x "
+              f"and bare pyzmq {payload['pair'][f'raw-curve/{codec}']['ratio_to_plain']:.2f}x of their plain-text "
+              f"throughput")
+    print(f"fp32 transport / fastest raw ({payload['pair']['baseline/fp32']}) = {fp32_ratio:.2f} "
+          f"(goal >= {GOAL_RATIO}); wrote {path}")
     return 0
 
 
