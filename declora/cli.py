@@ -190,6 +190,9 @@ def _run_keys_make(args) -> int:
         written = generate_keys(args.out, ids, overwrite=args.force)
     except SecurityError as e:
         raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"--out {args.out}: cannot write keys there ({e.strerror or e}); choose a folder you can "
+                       f"write to") from None
     for path in written:  # paths only: the contents of a secret file never go to a terminal or a log
         print(path)
     print(f"wrote {len(ids)} keypairs: share {written[1].parent}/ with every node; "

@@ -16,11 +16,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from declora.config import RunConfig, make_out_dir, write_run_config
+from declora.config import ConfigError, RunConfig, make_out_dir, write_run_config
 from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
 from declora.node.transports import check_links
+from declora.node.workload import check_data
 from declora.wire.security import generate_keys
 
 POLL_S = 0.5
@@ -141,6 +142,7 @@ def child_env() -> dict:
 
 def simulate(cfg: RunConfig, out=sys.stdout) -> int:
     """Run every process of the run on this host; return the exit status for the command."""
+    check_data(cfg)
     cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True)
     return run_processes(cfg, config_path, process_ids(cfg), out=out)
 
@@ -246,7 +248,12 @@ def node_environment(env: dict | None = None) -> tuple[int, int, int | None]:
                                            ("SLURM_NODEID", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE")):
         if rank_key in env:
             local = env.get(local_key)
-            return int(env[rank_key]), int(env.get(count_key, "1")), int(local.split("(")[0]) if local else None
+            try:
+                return int(env[rank_key]), int(env.get(count_key, "1")), int(local.split("(")[0]) if local else None
+            except ValueError:
+                raise ConfigError(f"{rank_key}={env[rank_key]!r}, {count_key}={env.get(count_key)!r}, "
+                                  f"{local_key}={local!r}: these must be integers (as torchrun and SLURM set them); "
+                                  f"fix or unset them") from None
     return 0, 1, None
 
 
@@ -259,8 +266,9 @@ def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | Non
     if cfg.server and node == 0:
         ids.append(cfg.server_id)
     if not ids:
-        print(f"declora: node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node)", file=out)
-        return 2
+        raise ConfigError(f"node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node): check "
+                          f"NODE_RANK/NNODES against --peers and --peers-per-node")
+    check_data(cfg)
     run_dir = make_out_dir(cfg)
     check_links(cfg, ids)
     config_path = run_dir / f"config.node{node}.json"

@@ -38,6 +38,21 @@ def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     return train, held_out
 
 
+def check_data(cfg: RunConfig) -> None:
+    """Before any process starts: the user's training and evaluation files load. A bad file stops the launcher with
+    one line, instead of every peer process dying with it after loading its model."""
+    from declora.learn.examples import load_examples, presplit_files
+
+    if not cfg.data and not cfg.eval_data:
+        return  # the shipped data
+    train, evaluation = data_paths(cfg)
+    try:
+        for path in (presplit_files(train) if train.is_dir() else [train]) + [evaluation]:
+            load_examples(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def resolve_task(cfg: RunConfig) -> str:
     if cfg.task != "auto":
         return cfg.task

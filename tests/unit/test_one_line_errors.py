@@ -80,3 +80,35 @@ def test_corrupt_address_book(capsys, tmp_path, command):
     role = ["--peer-id", "0"] if command == "peer" else ["--server", "fedit"]
     err = one_line_error(capsys, [command, *role, *TINY, "--peers", "2", "--out", str(tmp_path)])
     assert "addresses.json: not a valid address book" in err and "delete it" in err
+
+
+def test_keys_into_an_unwritable_folder(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    err = one_line_error(capsys, ["keys", "make", "--peers", "2", "--out", str(tmp_path / "a-file" / "keys")])
+    assert "cannot write keys there" in err
+
+
+@pytest.mark.parametrize("env,expected", [({"NODE_RANK": "x", "NNODES": "2"}, "must be integers"),
+                                          ({"NODE_RANK": "5", "NNODES": "2"}, "node 5 of 2 has no peers")])
+def test_launch_node_with_a_bad_environment(capsys, tmp_path, monkeypatch, env, expected):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    err = one_line_error(capsys, ["launch-node", *TINY, "--peers", "4", "--out", str(tmp_path)])
+    assert expected in err
+
+
+def test_a_data_file_without_the_columns(capsys, tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n1\t2\n")
+    err = one_line_error(capsys, ["simulate", *TINY, "--data", str(bad), "--eval-data", str(bad),
+                                  "--out", str(tmp_path / "r")])
+    assert "no text column found" in err and not (tmp_path / "r" / "logs").exists()  # no process was started
+
+
+@pytest.mark.parametrize("argv,expected", [(["--mode", "svd", "--robust", "median"], "use robust = 'clip'"),
+                                           (["--attack", "huge"], "needs --attackers"),
+                                           (["--attack", "huge", "--attackers", "9"], "peer ids in 0..3"),
+                                           (["--plausible-ratio", "0.5"], "--plausible-ratio must be > 1")])
+def test_robustness_flags(capsys, tmp_path, argv, expected):
+    err = one_line_error(capsys, ["simulate", *TINY, *argv, "--out", str(tmp_path / "r")])
+    assert expected in err
