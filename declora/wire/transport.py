@@ -33,6 +33,10 @@ from declora.wire.throttled_log import ThrottledLog
 log = logging.getLogger("declora.wire.transport")
 
 
+class TransportError(RuntimeError):
+    """The transport can no longer move messages (its I/O thread failed for good)."""
+
+
 @dataclass
 class RoundResult:
     """What `collect` got: every neighbour's message for the round, who was expected but did not deliver, how long
@@ -74,6 +78,7 @@ class Transport:
         self._c_drop: Counter = Counter()
         self._c_down = Counter()
         self._c_events: Counter = Counter()
+        self._io_error: BaseException | None = None  # set when the I/O thread has failed for good
         self._drop_log = ThrottledLog(log, "peer %d dropped a message from %s: %s (%s) [%d so far]")
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -92,8 +97,15 @@ class Transport:
         self.close()
 
     # ---- sending --------------------------------------------------------------------------------------------------
+    def _check_io(self) -> None:
+        if self._io_error is not None:
+            raise TransportError(f"peer {self.peer_id}: the transport's I/O thread failed for good "
+                                 f"({self._io_error!r}); this peer can no longer hear its neighbours") \
+                from self._io_error
+
     def send(self, to: int, message: Message) -> bool:
         """Queue a message for neighbour `to`; never blocks. False when `to` is down or its queue is full."""
+        self._check_io()
         if to not in self._c_sent:
             raise ValueError(f"peer {to} is not a neighbour of peer {self.peer_id} (neighbours {list(self.neighbours)})")
         if message.kind in TENSOR_KINDS:
@@ -145,6 +157,7 @@ class Transport:
             self._round = max(self._round, int(round))
             self._advance_floor(kind, int(round))
             while True:
+                self._check_io()
                 box = self._inbox.get((kind, round), {})
                 waiting = (expect & self._live_set()) - set(box)
                 now = time.monotonic()

@@ -22,6 +22,7 @@ from declora.wire.throttled_log import ThrottledLog
 from declora.wire.transport import Transport
 
 log = logging.getLogger("declora.wire.zmq_transport")
+IO_RESTARTS = 3  # restarts of the I/O loop after an unexpected error, before the transport counts as failed
 
 _MONITOR_EVENTS = {
     zmq.EVENT_DISCONNECTED: "disconnected",
@@ -210,30 +211,48 @@ class ZmqTransport(Transport):
 
     # ---- the I/O thread ------------------------------------------------------------------------------------------------
     def _io_loop(self, wake: zmq.Socket) -> None:
+        """Run the I/O passes; a bug that escapes one is logged, counted (`io_thread_failed`) and the loop restarted,
+        up to IO_RESTARTS times. After that the transport is failed: the main thread's next send or collect raises
+        TransportError, so the peer stops loudly instead of training on alone without hearing anyone."""
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._io_pass(wake)
+                    return
+                except Exception as e:  # noqa: BLE001 - a bug here must not kill liveness silently
+                    failures += 1
+                    log.exception("peer %d: I/O thread failed (%d of at most %d restarts)", self.peer_id, failures,
+                                  IO_RESTARTS)
+                    with self._cv:
+                        self._c_events["io_thread_failed"] += 1
+                        if failures > IO_RESTARTS:
+                            self._io_error = e
+                            self._cv.notify_all()
+                            return
+        finally:
+            wake.close()
+
+    def _io_pass(self, wake: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         tick = min(0.1, self.liveness.heartbeat_interval_s / 4)
         next_tick = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-                events = dict(poller.poll(timeout_ms))
-                if self._stop.is_set():
-                    break
-                if self._router in events:
-                    self._drain_router()
-                if self._monitor in events:
-                    self._drain_monitor()
-                if time.monotonic() >= next_tick:
-                    self._drain_dealers()
-                    self.poll_liveness()
-                    next_tick = time.monotonic() + tick
-        except Exception:  # noqa: BLE001 - a bug here must not kill liveness silently
-            log.exception("peer %d: I/O thread failed", self.peer_id)
-        finally:
-            wake.close()
+        while not self._stop.is_set():
+            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+            events = dict(poller.poll(timeout_ms))
+            if self._stop.is_set():
+                break
+            if self._router in events:
+                self._drain_router()
+            if self._monitor in events:
+                self._drain_monitor()
+            if time.monotonic() >= next_tick:
+                self._drain_dealers()
+                self.poll_liveness()
+                next_tick = time.monotonic() + tick
 
     def _drain_router(self, budget: int = 256) -> None:
         for _ in range(budget):
