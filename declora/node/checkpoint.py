@@ -6,13 +6,24 @@ sum of the deltas merged into the base weights so far (the base itself is rebuil
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from declora.core.factors import Adapter, LoraFactor
+
+log = logging.getLogger("declora.node.checkpoint")
+_ROUND_FILE = re.compile(r"round-(\d+)\.pt")  # anything else in the folder is not ours and is left alone
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (full disk, no permission); the previous one is intact."""
 
 
 def adapter_to_state(adapter: Adapter) -> dict:
@@ -44,7 +55,7 @@ def saved_rounds(run_dir: str | Path, peer_id: int) -> list[int]:
     folder = checkpoint_dir(run_dir, peer_id)
     if not folder.is_dir():
         return []
-    return sorted(int(p.stem.split("-")[1]) for p in folder.glob("round-*.pt"))
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _ROUND_FILE.fullmatch(p.name)))
 
 
 def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict, keep_rounds: int = KEEP_ROUNDS) -> Path:
@@ -56,26 +67,64 @@ def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict, keep
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"round-{t}.pt"
     tmp = folder / f".round-{t}.pt.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)  # the rename itself survives a power cut
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError ("enforce fail ...")
+        tmp.unlink(missing_ok=True)
+        reason = "no space left on the device" if _disk_full(e, folder) else str(e).splitlines()[0]
+        raise CheckpointError(f"cannot write the checkpoint of round {t} to {folder}: {reason}; the checkpoint of "
+                              f"the previous round is intact: free space (or fix the folder) and resume with "
+                              f"--resume") from None
     if keep_rounds:
         for old in saved_rounds(run_dir, peer_id)[:-keep_rounds]:
             (folder / f"round-{old}.pt").unlink(missing_ok=True)
     return path
 
 
+def _disk_full(error: Exception, folder: Path) -> bool:
+    """torch reports ENOSPC as a RuntimeError about stream positions, so also look at the disk itself."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "space" in str(error).lower():
+        return True
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load(run_dir: str | Path, peer_id: int, t: int) -> dict:
+    return torch.load(checkpoint_dir(run_dir, peer_id) / f"round-{t}.pt", map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(run_dir: str | Path, peer_id: int, t: int | None = None) -> dict | None:
-    """Round t's checkpoint (default: the latest), or None when there is none."""
+    """Round t's checkpoint, or None when there is none. Without t: the latest one that loads; a cut-off or
+    corrupt file is skipped with a warning (an earlier round is still a valid place to resume from)."""
     rounds = saved_rounds(run_dir, peer_id)
     if not rounds:
         return None
-    t = rounds[-1] if t is None else t
-    if t not in rounds:
-        raise FileNotFoundError(f"peer {peer_id} has no checkpoint of round {t} (it has rounds {rounds})")
-    return torch.load(checkpoint_dir(run_dir, peer_id) / f"round-{t}.pt", map_location="cpu", weights_only=True)
+    if t is not None:
+        if t not in rounds:
+            raise FileNotFoundError(f"peer {peer_id} has no checkpoint of round {t} (it has rounds {rounds})")
+        return _load(run_dir, peer_id, t)
+    for r in reversed(rounds):
+        try:
+            return _load(run_dir, peer_id, r)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the round before
+            log.warning("peer %d: the checkpoint of round %d does not load (%s); trying an earlier one", peer_id, r,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return None
 
 
 def run_peers(run_dir: str | Path) -> list[int]:

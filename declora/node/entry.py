@@ -12,6 +12,7 @@ import torch
 
 from declora.config import ConfigError, RunConfig, make_out_dir, resolve
 from declora.core.graphs import TopologyError
+from declora.node.checkpoint import CheckpointError
 from declora.wire.security import SecurityError
 
 
@@ -22,7 +23,7 @@ def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable
         make_out_dir(cfg)
         torch.set_num_threads(max(1, cfg.threads or 1))
         body(cfg)
-    except (ConfigError, FileNotFoundError, SecurityError, TopologyError) as e:
+    except (ConfigError, FileNotFoundError, SecurityError, TopologyError, CheckpointError) as e:
         print(f"declora {command}: error: {e}", file=sys.stderr)
         return 2
     return 0
