@@ -51,6 +51,32 @@ def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "pee
     return cmd
 
 
+class Stopped(Exception):
+    """The launcher got SIGTERM or SIGHUP: stop every peer, as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def _die_with_parent(parent: int):
+    """For Popen's preexec_fn (Linux): the child gets SIGTERM when the launcher dies, however it dies."""
+    def arm() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return  # not Linux: the launcher's own signal handlers still stop the children
+        if os.getppid() != parent:  # the launcher died before the signal was armed
+            os._exit(1)
+    return arm
+
+
 class PeerProcesses:
     """The child processes of this launcher, their logs, and how each ended."""
 
@@ -64,9 +90,10 @@ class PeerProcesses:
         name = "server" if "declora.node.server" in cmd else f"peer-{peer_id}"
         self.logs[peer_id] = self.run_dir / "logs" / f"{name}.log"
         log = open(self.logs[peer_id], "ab")
-        # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child.
+        # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child; and a
+        # parent-death signal, so that children never outlive a launcher killed with SIGKILL.
         self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               start_new_session=True)
+                                               start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         log.close()
 
     def failures(self) -> dict[int, int]:
@@ -160,14 +187,15 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
         resume_round = max(common_rounds(run_dir, [i for i in ids if not is_server(cfg, i)]), default=None)
         print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
               else "declora: nothing to resume, starting at round 1", file=out, flush=True)
-    for pid in ids:
-        role = "server" if is_server(cfg, pid) else "peer"
-        procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
     expected = len([pid for pid in ids if not is_server(cfg, pid)])
     printed = -1
     dead_reported: set[int] = set()
     status = 0
+    handlers = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        for pid in ids:  # inside the try: a signal during start-up stops the peers started so far
+            role = "server" if is_server(cfg, pid) else "peer"
+            procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
         while True:
             for pid, code in procs.failures().items():
                 if pid in dead_reported:
@@ -187,8 +215,17 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
     except KeyboardInterrupt:
         print("declora: interrupted, stopping peers", file=out, flush=True)
         status = 130
+    except Stopped as e:
+        print(f"declora: got {e}, stopping peers", file=out, flush=True)
+        status = 128 + e.signum
     finally:
+        # A second signal must not cut the shutdown short and leave children behind.
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
         procs.stop_all()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     print_new_rounds(run_dir, cfg, printed, out, expected, final=True)
     if status == 0 and dead_reported and cfg.fault_tolerant:
         print(f"declora: finished without {len(dead_reported)} dead process(es) (fault tolerance on)", file=out)
