@@ -369,15 +369,49 @@ def resolve(args: argparse.Namespace | None = None, file_values: dict | None = N
         values.update(load_toml(args.config))
     if file_values:
         values.update(file_values)
-    if args is not None:
-        values.update({f.name: getattr(args, f.name) for f in fields(RunConfig)
-                       if getattr(args, f.name, None) is not None})
+    flags = {} if args is None else {f.name: getattr(args, f.name) for f in fields(RunConfig)
+                                     if getattr(args, f.name, None) is not None}
+    saved = _saved_run(args, values, flags)
+    if saved is not None:
+        values = {**saved, **values}
+    values.update(flags)
     values.update(overrides)
+    if saved is not None:
+        _check_resume_changes(saved, values, Path(values.get("out", saved["out"])))
     try:
         cfg = RunConfig(**values)
     except TypeError as e:
         raise ConfigError(str(e)) from None
     return validate(cfg)
+
+
+# What may change when a run is resumed: how long it goes on, how it waits, how it talks and what it writes. The
+# rest (data, model, mode, topology, ranks, codec, optimizer, seed ...) defines the run that the checkpoints hold.
+RESUMABLE = frozenset({"rounds", "deadline_s", "start_timeout_s", "heartbeat_s", "missed_heartbeats",
+                       "fault_tolerant", "keys", "insecure", "eval_every", "eval_samples", "threads", "gpus", "cpu",
+                       "save_adapters", "keep_checkpoints", "resume", "out"})
+
+
+def _saved_run(args, values: dict, flags: dict) -> dict | None:
+    """On `--resume` without --config: the run's own DIR/config.json, which the flags given now amend."""
+    if not flags.get("resume") or getattr(args, "config", None):
+        return None
+    path = Path(flags.get("out", values.get("out", RunConfig.out))) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: {path} is not readable ({e}); fix or remove it") from None
+
+
+def _check_resume_changes(saved: dict, values: dict, out: Path) -> None:
+    changed = sorted(k for k, v in values.items() if k in saved and k not in RESUMABLE and saved[k] != v)
+    if changed:
+        what = ", ".join(f"{k} {saved[k]!r} -> {values[k]!r}" for k in changed)
+        raise ConfigError(f"--resume: {what} differs from {out / 'config.json'}; only "
+                          f"{', '.join(sorted(RESUMABLE - {'resume', 'out'}))} may change on resume: drop those flags "
+                          f"or start a new run in another --out")
 
 
 def load_run_config(path: str | Path) -> RunConfig:

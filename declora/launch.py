@@ -144,8 +144,9 @@ def prepare_run_dir(cfg: RunConfig, ephemeral_keys: bool = False) -> tuple[RunCo
     if ephemeral_keys and not reuse and not cfg.keys and not cfg.insecure and cfg.mode != "centralized":
         cfg = replace(cfg, keys=str(make_run_keys(run_dir / "keys", ids)))
     check_links(cfg, ids)
-    if not reuse:
-        write_run_config(cfg, config_path)
+    # On resume too: the flags that may change (rounds, deadlines, keys ...) are in cfg, merged over the saved config
+    # by config.resolve; the peers read this file. --resume itself reaches them as a flag, not through the file.
+    write_run_config(replace(cfg, resume=False), config_path)
     return cfg, config_path
 
 
