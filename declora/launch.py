@@ -18,7 +18,7 @@ from pathlib import Path
 
 from declora.config import ConfigError, RunConfig, make_out_dir, write_run_config
 from declora.node.addressbook import free_loopback_ports, write_addresses
-from declora.node.checkpoint import common_rounds
+from declora.node.checkpoint import common_rounds, saved_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
 from declora.node.transports import check_links
 from declora.node.workload import check_data
@@ -185,7 +185,15 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.std
     resume_round = None
     if cfg.resume:
         # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
-        resume_round = max(common_rounds(run_dir, [i for i in ids if not is_server(cfg, i)]), default=None)
+        peers = [i for i in ids if not is_server(cfg, i)]
+        resume_round = max(common_rounds(run_dir, peers), default=None)
+        held = {p: saved_rounds(run_dir, p) for p in peers}
+        if resume_round is None and any(held.values()):
+            # Starting over would cut every peer's metrics and bury its checkpoints; without a state transfer
+            # between peers (issue 10's catch-up) they cannot resume from different rounds either.
+            have = "; ".join(f"peer {p}: {','.join(map(str, r)) or 'none'}" for p, r in held.items())
+            raise ConfigError(f"--resume: the peers have no checkpoint round in common ({have}); resume with "
+                              f"--keep-checkpoints 0 runs, or start a new run in another --out")
         print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
               else "declora: nothing to resume, starting at round 1", file=out, flush=True)
     expected = len([pid for pid in ids if not is_server(cfg, pid)])

@@ -80,9 +80,14 @@ def save_checkpoint(run_dir: str | Path, peer_id: int, t: int, state: dict, keep
         raise CheckpointError(f"cannot write the checkpoint of round {t} to {folder}: {reason}; the checkpoint of "
                               f"the previous round is intact: free space (or fix the folder) and resume with "
                               f"--resume") from None
-    if keep_rounds:
-        for old in saved_rounds(run_dir, peer_id)[:-keep_rounds]:
-            (folder / f"round-{old}.pt").unlink(missing_ok=True)
+    rounds = saved_rounds(run_dir, peer_id)
+    stale = [r for r in rounds if r > t]  # from an earlier life of this run that got further: superseded by this one
+    if stale:
+        log.warning("peer %d: removing checkpoints of rounds %s, left by an earlier run that this one replaces",
+                    peer_id, stale)
+    older = [r for r in rounds if r <= t]
+    for old in stale + (older[:-keep_rounds] if keep_rounds else []):
+        (folder / f"round-{old}.pt").unlink(missing_ok=True)
     return path
 
 

@@ -57,3 +57,11 @@ def test_a_full_disk_gives_one_clear_error_and_keeps_the_previous_checkpoint(tin
         save_checkpoint(tiny_disk, 0, 1, state(1, size=1 << 16))  # 256 KiB into 64 KiB
     assert load_checkpoint(tiny_disk, 0)["round"] == 0
     assert [p.name for p in checkpoint_dir(tiny_disk, 0).iterdir()] == ["round-0.pt"]  # no temp file left
+
+
+def test_a_new_checkpoint_is_never_pruned_in_favour_of_stale_later_rounds(tmp_path):
+    for t in (48, 49):  # an earlier life of the run got this far
+        save_checkpoint(tmp_path, 0, t, state(t))
+    save_checkpoint(tmp_path, 0, 0, state(0))  # this life starts over
+    assert saved_rounds(tmp_path, 0) == [0]
+    assert load_checkpoint(tmp_path, 0)["round"] == 0

@@ -112,3 +112,14 @@ def test_a_data_file_without_the_columns(capsys, tmp_path):
 def test_robustness_flags(capsys, tmp_path, argv, expected):
     err = one_line_error(capsys, ["simulate", *TINY, *argv, "--out", str(tmp_path / "r")])
     assert expected in err
+
+
+def test_resume_without_a_common_checkpoint_round(capsys, tmp_path):
+    for peer, rounds in ((0, (7, 8)), (1, (3, 4))):
+        folder = tmp_path / "checkpoints" / f"peer-{peer}"
+        folder.mkdir(parents=True)
+        for r in rounds:
+            (folder / f"round-{r}.pt").write_bytes(b"")
+    err = one_line_error(capsys, ["simulate", *TINY, "--peers", "2", "--resume", "--out", str(tmp_path)])
+    assert "no checkpoint round in common (peer 0: 7,8; peer 1: 3,4)" in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "peer-0").iterdir()) == ["round-7.pt", "round-8.pt"]
