@@ -13,8 +13,8 @@ import torch
 from declora.core import aggregate
 from declora.core.factors import Adapter
 from declora.learn.evaluation import evaluate
-from declora.learn.model import (merge_delta_and_reset, read_adapter, save_adapter, save_merged_model,
-                                 write_adapter)
+from declora.learn.model import (base_weights, load_base_weights, merge_delta_and_reset, read_adapter, save_adapter,
+                                 save_merged_model, write_adapter)
 from declora.learn.rng import RngStream
 from declora.learn.training import LocalTrainer
 
@@ -56,6 +56,14 @@ class Learner:
             write_adapter(self.model, current)
             self.trainer.reset_optimizer()
         return delta
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """The base weights under the adapter, exactly (stack mode changes them every round)."""
+        return base_weights(self.model)
+
+    def restore_base(self, weights: dict[str, torch.Tensor]) -> None:
+        """On resume: the base weights exactly as the checkpoint holds them."""
+        load_base_weights(self.model, weights)
 
     def remerge(self, merged: dict[str, torch.Tensor]) -> None:
         """On resume: the base on disk is the pretrained one; re-apply what earlier rounds merged into it."""

@@ -403,6 +403,23 @@ def _weight_of(layer: nn.Module) -> torch.Tensor:
     return layer.get_base_layer().weight
 
 
+def base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the base weight under every LoRA module, bit for bit (what stack mode has merged into)."""
+    return {key: _weight_of(layer).detach().to("cpu", copy=True) for key, layer in lora_layers(model).items()}
+
+
+def load_base_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Put back base weights taken by `base_weights` (an exact resume in stack mode)."""
+    layers = lora_layers(model)
+    _check_same_keys("LoRA module", set(weights), set(layers))
+    with torch.no_grad():
+        for key, w in weights.items():
+            target = _weight_of(layers[key])
+            if w.shape != target.shape:
+                raise ValueError(f"base weight for {key} has shape {tuple(w.shape)}, the module {tuple(target.shape)}")
+            target.copy_(w.to(device=target.device, dtype=target.dtype))
+
+
 # ---- saving ---------------------------------------------------------------------------------------------------------
 def save_adapter(model: nn.Module, out_dir: str | Path) -> Path:
     """The adapter (LoRA factors and trainable head) via peft's `save_pretrained`; reload it with

@@ -70,6 +70,9 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             metrics.write(record)
             state = {"round": t, "adapter": adapter_to_state(learner.adapter()), "trainer": learner.state_dict(),
                      "sender": sender.state_dict(), "merged_delta": merged, "rollback": rollback.state_dict(),
+                     # The merged base itself: re-adding the summed delta would round differently from the live
+                     # run's one-round-at-a-time additions, so an exact resume needs the weights.
+                     "base_weights": learner.base_weights() if merged else None,
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
@@ -117,7 +120,10 @@ def resume(cfg: RunConfig, peer_id: int, resume_round: int | None, learner: Lear
         return 0
     if state.get("merged_delta"):
         merged.update(state["merged_delta"])
-        learner.remerge(merged)
+        if state.get("base_weights"):
+            learner.restore_base(state["base_weights"])
+        else:  # a checkpoint from before base_weights were saved: close, not bit-exact
+            learner.remerge(merged)
     learner.load(adapter_from_state(state["adapter"]))
     learner.load_state_dict(state["trainer"])
     sender.load_state_dict(state["sender"])

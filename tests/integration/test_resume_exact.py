@@ -1,7 +1,7 @@
 """Resume is exact: a run stopped after round 1 and resumed from its checkpoints ends with the same bits as a run
 that never stopped (the golden hashes). Checks the checkpoint holds everything that matters: adapter, optimizer,
 data position, each learner's random stream, error-feedback residuals, the stochastic-rounding generator, and in
-stack mode the deltas merged into the base. Centralized training is a peer that is alone, so it resumes too."""
+stack mode the base weights the deltas were merged into. Centralized training is a peer that is alone, so it resumes too."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +21,9 @@ def forget_last_round(out: Path) -> None:
         ckpt.unlink()
 
 
-# Stack mode is not exact yet: the live base gets W0 + d0 + d1 + ..., one round at a time, while a resumed peer adds
-# the checkpoint's sum (d0 + d1) to W0 in one go; float addition does not associate, so the base differs in the last
-# bits and so does everything after. Fixing it changes what an unbroken run computes (or what a checkpoint holds),
-# which is the fault-tolerance issue's to decide; strict, so that a fix shows up here.
-STACK_NOT_EXACT = pytest.mark.xfail(strict=True, reason="stack resume re-adds the summed delta in one go")
-
-
-@pytest.mark.parametrize("name", ["centralized", pytest.param("stack-fp16", marks=STACK_NOT_EXACT),
-                                  "svd-int4-ef-sr-mixed", "gossip-int8"])
+# Stack mode resumes exactly because its checkpoint holds the merged base weights themselves: re-adding the summed
+# delta to the pretrained weights in one go would round differently from the live run's round-by-round additions.
+@pytest.mark.parametrize("name", ["centralized", "stack-fp16", "svd-int4-ef-sr-mixed", "gossip-int8"])
 def test_resumed_run_matches_an_unbroken_one(name, tmp_path):
     from declora.config import resolve
     from declora.node.inprocess import run_in_process
