@@ -168,14 +168,15 @@ def child_env() -> dict:
     return env
 
 
-def simulate(cfg: RunConfig, out=sys.stdout) -> int:
+def simulate(cfg: RunConfig, out=None) -> int:
     """Run every process of the run on this host; return the exit status for the command."""
     check_data(cfg)
     cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True)
     return run_processes(cfg, config_path, process_ids(cfg), out=out)
 
 
-def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=sys.stdout) -> int:
+def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None) -> int:
+    out = out or sys.stdout  # looked up now, not at import: tests swap sys.stdout
     run_dir = Path(cfg.out)
     threads = threads_per_process(cfg, len(ids))
     procs = PeerProcesses(run_dir)
@@ -303,7 +304,7 @@ def node_environment(env: dict | None = None) -> tuple[int, int, int | None]:
     return 0, 1, None
 
 
-def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | None = None, out=sys.stdout) -> int:
+def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | None = None, out=None) -> int:
     """Start the peers of this node: node r runs peers r*L .. r*L+L-1 (L = peers per node)."""
     node, nnodes, local = node_environment(env)
     per_node = cfg.peers_per_node or local or _local_gpu_count() or max(1, cfg.peers // nnodes)

@@ -22,8 +22,8 @@ from declora.core.plausibility import PlausibilityCheck
 from declora.core.robust import (COORDINATE_RULES, RobustRule, adapter_norm, clipped_weights, coordinatewise,
                                  distances_for)
 from declora.core.strategies import Strategy, get_strategy
-from declora.wire.adapter_messages import AdapterSender, decode_received
-from declora.wire.protocol import AdapterLayout, Kind, make_message
+from declora.wire.adapter_messages import AdapterSender, decode_received, encode_adapter
+from declora.wire.protocol import AdapterLayout, Kind, Message, make_message
 
 log = logging.getLogger("declora.node.neighbourhood")
 
@@ -103,6 +103,22 @@ class Gossip:
         mixed = self.strategy.combine(adapters, weights, rank=self.rank, alpha=self.alpha, rslora=self.rslora)
         return Combined(mixed, self.strategy.merges_into_base)
 
+    # ---- catch-up: a peer that is behind takes a neighbour's state --------------------------------------------------
+    @property
+    def can_catch_up(self) -> bool:
+        """Not in stack mode: there the state is the merged base itself, which no adapter message carries."""
+        return not self.strategy.merges_into_base
+
+    def state_message(self, t: int, adapter: Adapter) -> Message | None:
+        """What a neighbour that is behind gets when it asks: our adapter after round t, in fp32."""
+        if not self.can_catch_up:
+            return None
+        return make_message(Kind.STATE, self.peer_id, t, encode_adapter(adapter, "fp32"))
+
+    def adopt(self, theirs: Adapter) -> Adapter:
+        """A neighbour's state as our adapter: at our own rank (svd and zeropad re-factorize or pad it)."""
+        return self.strategy.combine([theirs], [1.0], rank=self.rank, alpha=self.alpha, rslora=self.rslora)
+
     def state_dict(self) -> dict:
         """What it learned from past rounds (the plausibility check's history): goes into the checkpoint."""
         return {"plausibility": self.plausibility.state_dict()}
@@ -113,6 +129,11 @@ class Gossip:
 
 
 class ServerClient:
+    can_catch_up = False  # a client gets the server's aggregate every round: nothing to catch up
+
+    def state_message(self, t: int, adapter: Adapter) -> None:
+        return None
+
     def __init__(self, peer_id: int, server_id: int, strategy: Strategy, total_rank: int):
         self.peer_id, self.server_id, self.strategy, self.total_rank = peer_id, server_id, strategy, total_rank
         self.neighbours = [server_id]
@@ -145,6 +166,10 @@ class ServerClient:
 
 class Alone:
     neighbours: list[int] = []
+    can_catch_up = False
+
+    def state_message(self, t: int, adapter: Adapter) -> None:
+        return None
 
     def __init__(self, peer_id: int):
         self.peer_id = peer_id

@@ -18,6 +18,7 @@ import torch
 from declora.config import ConfigError, RunConfig, add_peer_flags
 from declora.core.attacks import HostileSender
 from declora.learn.learner import Learner
+from declora.node.catch_up import catch_up
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.metrics import MetricsWriter
 from declora.node.neighbourhood import neighbourhood_for
@@ -40,8 +41,10 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     metrics = MetricsWriter(run_dir / "metrics" / f"peer-{peer_id}.jsonl", truncate_after_round=start_round - 1)
     started = time.time()
 
+    transport.set_round(start_round)
     with transport:
         wait_for_neighbours(transport, hood.neighbours, cfg.start_timeout_s)
+        resumed_at, start_round = start_round, catch_up(transport, hood, learner, start_round, cfg.deadline_s)
         for t in range(start_round, cfg.rounds):
             round_start = time.time()
             train_stats = rollback.train(t)
@@ -65,6 +68,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                       "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
                       "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
                       "implausible": sorted(got.implausible), "clipped": got.clipped, "rollbacks": rollback.count}
+            if t == start_round and start_round != resumed_at:
+                record["caught_up_from_round"] = resumed_at
             record.update(evaluate_if_due(cfg, learner, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
@@ -75,6 +80,9 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                      "base_weights": learner.base_weights() if merged else None,
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
+            published = hood.state_message(t, learner.adapter())  # for a neighbour that comes back behind
+            if published is not None:
+                transport.publish_state(published)
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
                      len(hood.neighbours), _eval_text(record))
 

@@ -55,9 +55,11 @@ class Kind(str, Enum):
     BYE = "bye"  # the sender is leaving: treat it as down until it speaks again
     UPDATE = "update"  # parameter-server baseline: client -> server
     AGGREGATE = "aggregate"  # parameter-server baseline: server -> client
+    STATE_REQUEST = "state_request"  # catch-up: a peer that is behind asks a neighbour for its current state
+    STATE = "state"  # catch-up: the neighbour's adapter after its last finished round (round = that round)
 
 
-TENSOR_KINDS = frozenset({Kind.FACTORS, Kind.UPDATE, Kind.AGGREGATE})
+TENSOR_KINDS = frozenset({Kind.FACTORS, Kind.UPDATE, Kind.AGGREGATE, Kind.STATE})
 _KIND_BY_VALUE = {k.value: k for k in Kind}
 
 

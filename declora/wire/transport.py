@@ -79,6 +79,9 @@ class Transport:
         self._c_down = Counter()
         self._c_events: Counter = Counter()
         self._io_error: BaseException | None = None  # set when the I/O thread has failed for good
+        self._state: Message | None = None  # our latest STATE, answered to a neighbour's STATE_REQUEST
+        self._state_sent: dict[int, float] = {}  # when we last answered each neighbour (at most once a second)
+        self._states: dict[int, Message] = {}  # neighbours' STATE answers, the latest per sender
         self._drop_log = ThrottledLog(log, "peer %d dropped a message from %s: %s (%s) [%d so far]")
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -159,7 +162,7 @@ class Transport:
             while True:
                 self._check_io()
                 box = self._inbox.get((kind, round), {})
-                waiting = (expect & self._live_set()) - set(box)
+                waiting = (expect & self._live_set()) - set(box) - self._not_coming(round)
                 now = time.monotonic()
                 if not waiting or now >= end:
                     break
@@ -167,6 +170,12 @@ class Transport:
             received = self._inbox.pop((kind, round), {})
             self._floor[kind] = int(round) + 1
         return RoundResult(dict(sorted(received.items())), sorted(expect - set(received)), time.monotonic() - start)
+
+    def _not_coming(self, round: int) -> set[int]:
+        """Neighbours whose message for `round` will not come (lock held): one known to be behind (its latest word
+        is from before round - 1: restarted, or slow) mixes in once it catches up, and one already past this round
+        sent its message for it before we could hear it (we are the late one). Nobody waits a deadline for them."""
+        return {j for j, r in self._peer_round.items() if r < round - 1 or r > round}
 
     def exchange(self, round: int, message: Message, deadline_s: float) -> RoundResult:
         """Send this round's message to every live neighbour, then collect theirs (same kind and round)."""
@@ -186,6 +195,47 @@ class Transport:
                 reason = "old_round" if r < floor else "future_round"
                 for sender in self._inbox.pop((k, r)):
                     self._count_drop(reason, sender, f"round {r} buffered, now at {floor}")
+
+    def set_round(self, round: int) -> None:
+        """The round this peer is at, before its first exchange (a resumed peer): HELLOs and PINGs say it, so that
+        neighbours do not take a resumed peer for one that is behind."""
+        with self._cv:
+            self._round = int(round)
+
+    # ---- catch-up: state transfer ------------------------------------------------------------------------------------
+    def publish_state(self, message: Message) -> None:
+        """The STATE message to answer neighbours' STATE_REQUESTs with (the peer's adapter after its last round)."""
+        if message.kind != Kind.STATE:
+            raise ValueError(f"publish_state takes a {Kind.STATE.value} message, not {message.kind.value}")
+        with self._cv:
+            self._state = message
+
+    def request_state(self, timeout_s: float, which: Iterable[int] | None = None) -> dict[int, Message]:
+        """Ask live neighbours (default: all live) for their state; wait until at least one answered or `timeout_s`
+        passed, then a moment more for the others. Returns the answers by sender (decoded, layout-checked)."""
+        targets = sorted(self.live_neighbours() if which is None else set(which))
+        with self._cv:
+            self._states.clear()
+        for j in targets:
+            self._send_control(j, Kind.STATE_REQUEST)
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            while not self._states and time.monotonic() < end:
+                self._cv.wait(min(0.1, max(0.0, end - time.monotonic())))
+            grace = time.monotonic() + min(0.5, timeout_s)
+            while len(self._states) < len(targets) and time.monotonic() < min(grace, end):
+                self._cv.wait(0.05)
+            return dict(self._states)
+
+    def _answer_state_request(self, sender: int) -> None:
+        with self._cv:
+            state, last = self._state, self._state_sent.get(sender, -1e9)
+            if state is None or time.monotonic() - last < 1.0:  # nothing yet, or asked again too soon: a flood
+                if state is not None:
+                    self._count_drop("state_request_flood", sender, "answered less than a second ago")
+                return
+            self._state_sent[sender] = time.monotonic()
+        self._send_counted(sender, to_frames(state), state.nbytes)
 
     # ---- state --------------------------------------------------------------------------------------------------------
     def live_neighbours(self) -> set[int]:
@@ -284,10 +334,15 @@ class Transport:
         if msg.sender != identity:
             self._drop("forged_sender", identity, f"header claims sender {msg.sender}")
             return
+        if msg.kind == Kind.STATE:
+            self._file_state(identity, msg)
+            return
         if msg.kind in TENSOR_KINDS:
             self._file_round_message(identity, msg)
             return
         with self._cv:
+            if msg.kind == Kind.HELLO:  # a (re)started neighbour: its round starts again from what it says now
+                self._peer_round.pop(identity, None)
             self._count_received(identity, msg)
             if msg.kind == Kind.HELLO:
                 self._hello[identity] = msg.body
@@ -296,6 +351,8 @@ class Transport:
             self._cv.notify_all()
         if msg.kind == Kind.PING:
             self._send_control(identity, Kind.PONG)
+        elif msg.kind == Kind.STATE_REQUEST:
+            self._answer_state_request(identity)
         elif msg.kind == Kind.HELLO and not msg.body.get("reply"):
             # Answer a first contact with our own HELLO (marked as a reply, so it is not answered again): both
             # sides then know each other's endpoint and layout, whoever came up first.
@@ -340,6 +397,18 @@ class Transport:
                 return
             self._inbox.setdefault((msg.kind, msg.round), {})[sender] = msg
             self._evict_excess(msg.kind, sender)
+            self._cv.notify_all()
+
+    def _file_state(self, sender: int, msg: Message) -> None:
+        with self._cv:
+            self._count_received(sender, msg)
+        try:  # outside the lock, as for round messages
+            decode_message(msg)
+        except ProtocolError as e:
+            self._drop(e.reason, sender, str(e))
+            return
+        with self._cv:
+            self._states[sender] = msg
             self._cv.notify_all()
 
     def _evict_excess(self, kind: Kind, sender: int) -> None:

@@ -156,8 +156,11 @@ def test_a_dead_peer_is_not_waited_for_and_a_restarted_one_is_used_again():
     t0 = time.monotonic()
     res = peers[0].collect(1, Kind.FACTORS, {1, 2}, deadline_s=10)
     assert time.monotonic() - t0 < 5 and res.missing == [1, 2]
-    # Restart both: they are live and used again.
-    back = [net.transport(i, [(i - 1) % 3, (i + 1) % 3], layout=LAYOUT).start() for i in (1, 2)]
+    # Restart both at round 2 (a restarted peer states its round, as the peer loop does): live and used again.
+    back = [net.transport(i, [(i - 1) % 3, (i + 1) % 3], layout=LAYOUT) for i in (1, 2)]
+    for p in back:
+        p.set_round(2)
+        p.start()
     assert peers[0].live_neighbours() == {1, 2}
     results = in_parallel([lambda: peers[0].exchange(2, factors(0, 2), 5)]
                           + [lambda p=p: p.exchange(2, factors(p.peer_id, 2), 5) for p in back])
@@ -214,3 +217,35 @@ def test_exchange_checks_the_round_and_context_manager_closes():
             a.exchange(1, factors(0, 0), 1)
         assert a.live_neighbours() == {1}
     assert not net.is_up(0) and not net.is_up(1)
+
+
+def test_nobody_waits_for_a_neighbour_known_to_be_behind_or_already_past_the_round():
+    net, (a, b, c) = ring(3)
+    a.set_round(5)
+    b.send(0, factors(1, 2))  # b's latest word is round 2: at round 5 it is behind
+    c.send(0, factors(2, 7))  # c is already at round 7: its round-5 message went by before we could hear it
+    t0 = time.monotonic()
+    res = a.collect(5, Kind.FACTORS, {1, 2}, deadline_s=10)
+    assert time.monotonic() - t0 < 2 and res.received == {} and res.missing == [1, 2]
+    b.send(0, factors(1, 6))  # b caught up: waited for (and heard) again
+    assert list(a.collect(6, Kind.FACTORS, {1}, deadline_s=5).received) == [1]
+
+
+def state_message(sender, round, adapter_seed=None):
+    return make_message(Kind.STATE, sender, round, encode_adapter(adapter(sender if adapter_seed is None else
+                                                                          adapter_seed), "fp32"))
+
+
+def test_state_transfer_answers_with_the_published_state_checked_and_rate_limited():
+    net, (a, b, c) = ring(3)
+    assert b.request_state(0.3) == {}  # nobody has published yet
+    a.publish_state(state_message(0, 41))
+    c.publish_state(state_message(2, 40))
+    got = b.request_state(5)
+    assert {j: m.round for j, m in got.items()} == {0: 41, 2: 40}
+    assert torch.equal(message_to_adapter(got[0], LAYOUT).factors["m"].A, adapter(0).factors["m"].A)
+    b._send_control(0, Kind.STATE_REQUEST)  # asked again at once: not answered (a flood costs one answer a second)
+    time.sleep(0.2)
+    assert a.counters()["dropped"].get("state_request_flood") == 1
+    with pytest.raises(ValueError):
+        a.publish_state(factors(0, 1))
