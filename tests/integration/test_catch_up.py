@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .test_simulate import REPO, classification_args, find_peer_pid, ok, wait_for_round
+from .test_simulate import REPO, classification_args, ok, wait_for_round
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
