@@ -25,8 +25,8 @@ layout = AdapterLayout.from_adapter(mine, equal_rank=True)
 layout = layout if sys.argv[1] == "layout" else None
 with ZmqTransport(0, "tcp://127.0.0.1:*", {1: "tcp://127.0.0.1:9"}, layout=layout) as t:
     limit = layout.max_frame_bytes(t.limits) if layout else t.limits.max_message_bytes
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the sender can know where to send
     print(json.dumps({"endpoint": t.endpoint, "frame_limit": limit}), flush=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sys.stdin.readline()  # the sender is done
     time.sleep(2.0)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
