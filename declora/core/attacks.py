@@ -45,7 +45,11 @@ def poison(name: str, adapter: Adapter, t: int, seed: int = 0) -> Adapter:
         return _map(adapter, lambda k, x: torch.full_like(x, float("nan")))
     if name == "noise":
         g = torch.Generator().manual_seed(seed * 7919 + t)
-        return _map(adapter, lambda k, x: torch.randn(x.shape, generator=g).to(x.dtype) * x.norm())
+
+        def noise(k, x):
+            d = torch.randn(x.shape, generator=g)
+            return (d * (x.norm() / d.norm().clamp_min(1e-12))).to(x.dtype)  # each tensor's own norm, exactly
+        return _map(adapter, noise)
     # drift
     return _map(adapter, lambda k, x: x + _direction(k, x, seed) * (0.05 * (t + 1)) * x.norm())
 
