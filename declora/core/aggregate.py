@@ -10,7 +10,8 @@ non-negative weights that sums to 1, and averages the dense tensors with those s
              the small core, never forming an (out x in) matrix.
 - `zeropad`  HetLoRA baseline: zero-pad to the largest rank, average A and B, truncate.
 
-Plus `data_share_weights` (the server's weights), `consensus_distance` and `factor_averaging_error` (metrics).
+Plus `data_share_weights` (the server's weights), `consensus_distance`, `product_distances` and
+`factor_averaging_error` (metrics).
 
 Pure torch: no peft, transformers or zmq here. Bad input raises ValueError naming the module key.
 Results are computed and returned in float32 (float64 if any input is float64) on the first adapter's device.
@@ -26,17 +27,8 @@ from declora.core.factors import Adapter, LoraFactor, scaling_for
 
 WEIGHT_SUM_TOL = 1e-6
 
-__all__ = [
-    "check_weights",
-    "consensus_distance",
-    "data_share_weights",
-    "factor_averaging_error",
-    "gossip",
-    "merged_delta",
-    "stack",
-    "svd",
-    "zeropad",
-]
+__all__ = ["check_weights", "consensus_distance", "data_share_weights", "factor_averaging_error", "gossip",
+           "merged_delta", "product_distances", "stack", "svd", "zeropad"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -383,6 +375,13 @@ def _gram_products(Bt_Ro: torch.Tensor, A_Ri: torch.Tensor) -> torch.Tensor:
     return (Bt @ Bt.T) * (A @ A.T)
 
 
+def _owner_sums(H_RR: torch.Tensor, ranks: list[int], device) -> torch.Tensor:
+    """Block sums of H per pair of adapters (slot a belongs to the adapter whose rank block holds it)."""
+    owner_R = torch.repeat_interleave(torch.arange(len(ranks), device=device), torch.tensor(ranks, device=device))
+    onehot_Rn = torch.nn.functional.one_hot(owner_R, len(ranks)).to(torch.float64)
+    return onehot_Rn.T @ H_RR @ onehot_Rn
+
+
 def consensus_distance(adapters: Sequence[Adapter]) -> float:
     """(1/n) sum_i ||P_i - P_mean||^2, P_i = peer i's products scaling * B @ A over all modules plus its dense
     tensors. 0 for identical adapters; any mix of ranks and scalings. No (out x in) matrix is formed."""
@@ -393,10 +392,7 @@ def consensus_distance(adapters: Sequence[Adapter]) -> float:
     for key in keys:
         fs = [a.factors[key] for a in adapters]
         H_RR = _gram_products(_stacked_Bt(fs, torch.float64, device), _stacked_A(fs, [1.0] * n, torch.float64, device))
-        ranks = torch.tensor([f.r for f in fs], device=device)
-        owner_R = torch.repeat_interleave(torch.arange(n, device=device), ranks)  # which peer each slot belongs to
-        onehot_Rn = torch.nn.functional.one_hot(owner_R, n).to(torch.float64)
-        G_nn = onehot_Rn.T @ H_RR @ onehot_Rn  # G[i, j] = <P_i, P_j>
+        G_nn = _owner_sums(H_RR, [f.r for f in fs], device)  # G[i, j] = <P_i, P_j>
         # sum_i ||P_i - mean||^2 = trace(G) - sum(G) / n
         total += float(torch.trace(G_nn) - G_nn.sum() / n)
     for name in sorted(adapters[0].dense):
@@ -406,8 +402,7 @@ def consensus_distance(adapters: Sequence[Adapter]) -> float:
 
 
 def product_distances(mine: Adapter, others: Sequence[Adapter]) -> list[float]:
-    """|| P_j - P_i ||_F with P = the products s B A of every module plus the dense tensors, for any mix of ranks;
-    no (out x in) matrix is formed (the Gram trick of `consensus_distance`)."""
+    """|| P_j - P_i ||_F, P = the products s B A of all modules and the dense tensors, any ranks, no (out x in) matrix."""
     adapters = [mine, *others]
     _check_adapters(adapters)
     n, device = len(adapters), _device(adapters)
@@ -415,9 +410,7 @@ def product_distances(mine: Adapter, others: Sequence[Adapter]) -> list[float]:
     for key in sorted(mine.factors):
         fs = [a.factors[key] for a in adapters]
         H_RR = _gram_products(_stacked_Bt(fs, torch.float64, device), _stacked_A(fs, [1.0] * n, torch.float64, device))
-        owner_R = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor([f.r for f in fs], device=device))
-        onehot_Rn = torch.nn.functional.one_hot(owner_R, n).to(torch.float64)
-        G_nn = onehot_Rn.T @ H_RR @ onehot_Rn  # G[i, j] = <P_i, P_j>
+        G_nn = _owner_sums(H_RR, [f.r for f in fs], device)  # G[i, j] = <P_i, P_j>
         d2 += torch.diagonal(G_nn) + G_nn[0, 0] - 2 * G_nn[0]
     for name in sorted(mine.dense):
         D = torch.stack([a.dense[name].to(device=device, dtype=torch.float64).reshape(-1) for a in adapters])

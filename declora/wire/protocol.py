@@ -12,10 +12,9 @@ payload is read. Each entry of `tensors` names one encoded tensor:
      to), "shape": [...], "r": rank, "alpha": lora alpha, "rslora": bool, "meta": codec meta,
      "bufs": [[frame index, byte offset, byte length], ...]}
 
-Buffers of at least `PACK_BELOW` (128 KiB) get a frame of their own and travel zero-copy. Smaller ones are copied,
-16-byte aligned, into one shared frame: a zero-copy frame costs pyzmq and ZeroMQ more than copying a small buffer
-(pyzmq copies frames under 64 KiB anyway), while packing big buffers means filling one fresh large buffer per
-message. benchmarks/bench_transport.py measures packed vs one frame per tensor (figures in benchmarks/README.md).
+Buffers of at least `PACK_BELOW` (128 KiB) get a frame of their own, zero-copy; smaller ones are copied, 16-byte
+aligned, into one shared frame: a zero-copy frame costs more than copying a small buffer (pyzmq copies frames under
+64 KiB anyway), and packing big ones means filling a fresh large buffer per message (bench_transport measures both).
 
 Everything a receiver gets is hostile until checked: `from_frames` validates every header field against `Limits`
 and (optionally) the receiver's `AdapterLayout`, checks every buffer's exact length against its codec, and decodes
@@ -55,7 +54,7 @@ class Kind(str, Enum):
     BYE = "bye"  # the sender is leaving: treat it as down until it speaks again
     UPDATE = "update"  # parameter-server baseline: client -> server
     AGGREGATE = "aggregate"  # parameter-server baseline: server -> client
-    STATE_REQUEST = "state_request"  # catch-up: a peer that is behind asks a neighbour for its current state
+    STATE_REQUEST = "state_request"  # catch-up: a peer that is behind asks for a neighbour's STATE
     STATE = "state"  # catch-up: the neighbour's adapter after its last finished round (round = that round)
 
 
@@ -122,19 +121,6 @@ class AdapterLayout:
         """Raise ProtocolError unless the message's tensors are exactly this layout's modules and dense tensors."""
         _check_against_layout([_Spec(t.key, t.role, tuple(t.encoded.shape), t.r, t.alpha, t.rslora)
                                for t in message.tensors], self)
-
-    def max_frame_bytes(self, limits: "Limits") -> int:
-        """The largest frame a valid message of this layout can have: the header, or a payload frame holding at most
-        every tensor in float32 (the widest codec) with packing padding. ZeroMQ refuses a bigger frame before
-        buffering it (MAXMSGSIZE), so a hostile frame costs the receiver at most this."""
-        entries, tensors = 0, 2 * len(self.modules) + len(self.dense)
-        for m in self.modules.values():
-            r = limits.max_rank if m.max_rank is None else m.max_rank
-            entries += r * (m.in_features + m.out_features)
-        entries += sum(math.prod(shape) for shape in self.dense.values())
-        payload = 4 * entries + tensors * 4 * PACK_ALIGN
-        header = 4096 + tensors * (512 + limits.max_key_len)
-        return min(limits.max_message_bytes, max(payload, header))
 
     def to_body(self) -> dict:
         """A msgpack-able form for HELLO bodies."""

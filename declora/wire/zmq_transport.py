@@ -9,6 +9,7 @@ False) and collects rounds.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -17,7 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from declora.wire import security as sec
 from declora.wire.liveness import BACK, Liveness, NeighbourLiveness
-from declora.wire.protocol import AdapterLayout, Kind, Limits, Message
+from declora.wire.protocol import PACK_ALIGN, AdapterLayout, Kind, Limits, Message
 from declora.wire.throttled_log import ThrottledLog
 from declora.wire.transport import Transport
 
@@ -31,6 +32,21 @@ _MONITOR_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
 }
+
+
+def max_frame_bytes(layout: AdapterLayout, limits: Limits) -> int:
+    """The largest frame a valid message of `layout` can have: the header, or a payload frame holding at most every
+    tensor in float32 (the widest codec) with packing padding. ZeroMQ refuses a bigger frame before buffering it
+    (MAXMSGSIZE), so a hostile frame costs the receiver at most this. ZeroMQ has no limit on the number of frames of
+    one message, though: it buffers a whole multipart message before handing it over, so a message of many frames
+    that each fit costs up to (frames x this) until the protocol check drops it."""
+    entries, tensors = 0, 2 * len(layout.modules) + len(layout.dense)
+    for m in layout.modules.values():
+        entries += (limits.max_rank if m.max_rank is None else m.max_rank) * (m.in_features + m.out_features)
+    entries += sum(math.prod(shape) for shape in layout.dense.values())
+    payload = 4 * entries + tensors * 4 * PACK_ALIGN
+    header = 4096 + tensors * (512 + limits.max_key_len)
+    return min(limits.max_message_bytes, max(payload, header))
 
 
 class ZmqTransport(Transport):
@@ -102,7 +118,7 @@ class ZmqTransport(Transport):
         s.rcvhwm = self.rcvhwm
         # Per frame (ZeroMQ has no limit on a whole multipart message): a sender whose frame is larger than a valid
         # message of our layout could have is disconnected before that frame is buffered.
-        s.maxmsgsize = self.layout.max_frame_bytes(self.limits) if self.layout else self.limits.max_message_bytes
+        s.maxmsgsize = max_frame_bytes(self.layout, self.limits) if self.layout else self.limits.max_message_bytes
         s.router_handover = 1  # a restarted peer takes its id back even if the old connection lingers
         if self.security is not None:
             sec.configure_server(s, self.security)

@@ -17,6 +17,7 @@ from declora.core.factors import Adapter, LoraFactor
 from declora.wire.adapter_messages import encode_adapter
 from declora.wire.protocol import AdapterLayout, Kind, Limits, make_message, to_frames
 from declora.wire.security import generate_keys, load_security
+from declora.wire.zmq_transport import max_frame_bytes
 
 from .wire_peer import ALPHA, DIN, DOUT, RANK, Cluster, state_to_adapter, synthetic_adapter
 
@@ -24,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 LIMIT = 1 << 20  # the peer's max message size
 # ZeroMQ's MAXMSGSIZE: the largest frame a valid message of the peer's layout can have
-FRAME_LIMIT = AdapterLayout.from_adapter(synthetic_adapter(0), equal_rank=True).max_frame_bytes(
-    Limits(max_message_bytes=LIMIT))
+FRAME_LIMIT = max_frame_bytes(AdapterLayout.from_adapter(synthetic_adapter(0), equal_rank=True),
+                              Limits(max_message_bytes=LIMIT))
 
 
 def frames(msg):
