@@ -50,7 +50,9 @@ def test_a_restarted_peer_catches_up_and_nobody_waits_for_it(tmp_path):
 
     peer1 = rows(out, 1)
     joined = next(r for r in peer1 if "caught_up_from_round" in r)
-    assert joined["caught_up_from_round"] == killed_after + 1
+    # It resumed from its last checkpoint: the round after the last one in its metrics, or that round itself when
+    # the kill landed between writing the round's metrics and its checkpoint.
+    assert joined["caught_up_from_round"] in (killed_after, killed_after + 1)
     assert joined["round"] > killed_after + 2  # it jumped to the neighbours' round instead of replaying
     assert peer1[-1]["round"] == ROUNDS - 1
     after = [r for r in peer1 if r["round"] > joined["round"]]
