@@ -52,9 +52,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             mine = learner.adapter()
             got = hood.exchange(transport, t, mine, sender, learner.samples, cfg.deadline_s)
             result = hood.combine(mine, got)
-            if result is not None and not rollback.finite(result.adapter):
-                log.warning("round %d: the mix is not finite; kept our own adapter", t)
-                rollback.count, result = rollback.count + 1, None
+            if result is not None and not rollback.accept(result.adapter, t):
+                result = None  # a non-finite mix is dropped on the spot: we keep our own adapter
             rollback.before_mix(mine)
             if result is not None and result.merge:
                 accumulate(merged, learner.merge_and_restart(result.adapter))

@@ -56,11 +56,14 @@ class Rollback:
         """The mix was merged into the base (stack, flora): a rollback must take it out again."""
         self.stack = stack
 
-    @staticmethod
-    def finite(adapter: Adapter) -> bool:
-        """A mixed adapter with an inf or NaN is not loaded at all (the mix is dropped on the spot)."""
-        return all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all()) for f in adapter.factors.values()) \
-            and all(bool(torch.isfinite(t).all()) for t in adapter.dense.values())
+    def accept(self, mixed: Adapter, t: int) -> bool:
+        """A mixed adapter with an inf or NaN is not loaded at all: False, logged and counted as a rollback."""
+        finite = all(bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all()) for f in mixed.factors.values()) \
+            and all(bool(torch.isfinite(x).all()) for x in mixed.dense.values())
+        if not finite:
+            self.count += 1
+            log.warning("round %d: the mix is not finite; kept our own adapter (%d rollbacks so far)", t, self.count)
+        return finite
 
     def state_dict(self) -> dict:
         def pack(a: Adapter | None):
