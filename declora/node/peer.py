@@ -72,14 +72,15 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             record.update(evaluate_if_due(cfg, learner, t))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
-            state = {"round": t, "adapter": adapter_to_state(learner.adapter()), "trainer": learner.state_dict(),
+            after = learner.adapter()  # read once: the checkpoint and the state neighbours may ask for
+            state = {"round": t, "adapter": adapter_to_state(after), "trainer": learner.state_dict(),
                      "sender": sender.state_dict(), "merged_delta": merged, "rollback": rollback.state_dict(),
                      # The merged base itself: re-adding the summed delta would round differently from the live
                      # run's one-round-at-a-time additions, so an exact resume needs the weights.
                      "base_weights": learner.base_weights() if merged else None,
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
-            published = hood.state_message(t, learner.adapter())  # for a neighbour that comes back behind
+            published = hood.state_message(t, after)  # for a neighbour that comes back behind
             if published is not None:
                 transport.publish_state(published)
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
