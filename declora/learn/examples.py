@@ -248,6 +248,70 @@ def _instruction_record(record: dict, index: int, path: Path) -> InstructionExam
     return InstructionExample(str(record["instruction"]), str(response), str(context), str(record.get("category", "")))
 
 
+# ---- known layouts --------------------------------------------------------------------------------------------------
+_PARAPHRASE_COLUMNS = ({"quality", "#1 string", "#2 string"}, {"is_duplicate"})
+_COLA_MARKS = ("", "*", "?", "??", "#", "*?")  # CoLA's third column: the original judgement mark
+
+
+def known_layout(path: str | Path, spec=None) -> str | None:
+    """Which GLUE layout a data file has, from its first rows only: 'paraphrase' (MRPC's `Quality #1 ID #2 ID
+    #1 String #2 String` header, or QQP's `is_duplicate` column), 'acceptability' (CoLA's raw headerless
+    `source, label, original mark, sentence` rows, or a column named `acceptability`), 'similarity' (STS-B's
+    `score` column holding numbers), else None. Never raises on a file it cannot read: it answers None."""
+    try:
+        columns, rows = _head_columns(Path(path))
+    except Exception:  # noqa: BLE001 - a guess about a layout must never stop a run; the loader reports bad files
+        return None
+    lowered = {c.strip().lower() for c in columns}
+    if any(names <= lowered for names in _PARAPHRASE_COLUMNS):
+        return "paraphrase"
+    if "acceptability" in lowered:
+        return "acceptability"
+    if "score" in lowered:
+        at = [c.strip().lower() for c in columns].index("score")
+        if rows and all(_is_number(r[at]) for r in rows if len(r) > at):
+            return "similarity"
+    header = getattr(spec, "header", "auto")
+    if header != "yes" and _looks_like_raw_cola([columns, *rows]):
+        return "acceptability"
+    return None
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _looks_like_raw_cola(rows: list) -> bool:
+    return len(rows) >= 1 and all(len(r) == 4 and str(r[1]).strip() in ("0", "1") and " " not in str(r[0]).strip()
+                                  and str(r[2]).strip() in _COLA_MARKS and str(r[3]).strip() for r in rows)
+
+
+def _head_columns(path: Path, n: int = 20) -> tuple[list, list]:
+    """The first row (a header or not) and up to n more rows of a table; a record file's keys and values."""
+    if path.is_dir() or path.name.lower().endswith(".parquet"):
+        from declora.learn.data_files import head_records
+        records = head_records(path, n)
+        return (list(records[0]) if records else []), [list(r.values()) for r in records]
+    kind = _format_of(path)
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+        lines = [line.rstrip("\r\n") for _, line in zip(range(n + 1), f)]
+    lines = [line for line in lines if line.strip()]
+    if kind in (".json", ".jsonl"):
+        if lines and lines[0].lstrip().startswith("["):
+            records = json.loads(_read_text(path))[:n]
+        else:
+            records = [json.loads(line) for line in lines]
+        return (list(records[0]) if records else []), [list(r.values()) for r in records]
+    rows = list(csv.reader(lines)) if kind == ".csv" else [line.split("\t") for line in lines]
+    return (rows[0] if rows else []), rows[1:]
+
+
 # ---- folders of per-peer files --------------------------------------------------------------------------------------
 def presplit_files(folder: str | Path) -> list[Path]:
     """The per-peer files of a pre-split folder, by the number that ends their name (`local_training_3.json` is
