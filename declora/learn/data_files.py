@@ -3,10 +3,76 @@ CSV-quoted), CSV, JSON(L), Parquet and `datasets.Dataset.save_to_disk` folders (
 datasets, the optional `data` extra)."""
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
+import re
 from pathlib import Path
 
 INSTALL_DATA = "pip install -e .[data]"
+DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet")
+TSV_QUOTING = ("auto", "csv", "none")
+
+# Well-formed CSV quoting with tabs (what pandas' and Hugging Face's to_csv(sep="\t") write): a field is either
+# quoted, with its inner quotes doubled, or holds no quote at all. Raw GLUE text with a stray quote never matches.
+_QUOTED_FIELD = r'"(?:[^"]|"")*"'
+_PLAIN_FIELD = r'[^"\t\r\n]*'
+_FIELD = f"(?:{_QUOTED_FIELD}|{_PLAIN_FIELD})"
+_QUOTED_TSV = re.compile(f"{_FIELD}(?:\t{_FIELD})*(?:\r?\n{_FIELD}(?:\t{_FIELD})*)*\r?\n?")
+
+
+def format_of(path: Path) -> str:
+    """'.tsv', '.csv', '.json', '.jsonl', '.parquet' (by the name, ignoring .gz), or 'dataset' (a save_to_disk
+    folder)."""
+    if is_dataset_folder(path):
+        return "dataset"
+    name = path.name.lower().removesuffix(".gz")
+    for suffix in DATA_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{path}: unknown data format; expected one of {', '.join(DATA_SUFFIXES)} (optionally .gz), "
+                     f"or a folder written by datasets' save_to_disk")
+
+
+def read_text(path: Path, max_lines: int | None = None) -> str:
+    """The file's text (gunzipped when it is gzip, whatever its name says); with max_lines only its first lines."""
+    with open(path, "rb") as f:
+        packed = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if packed else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+            if max_lines is None:
+                return f.read()
+            return "".join(line for _, line in zip(range(max_lines), f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def quoted_tsv(text: str) -> bool:
+    """Whether a TSV is CSV-quoted: at least one quoted field, and every quote part of well-formed quoting."""
+    return '"' in text and _QUOTED_TSV.fullmatch(text) is not None
+
+
+def table_rows(path: Path, text: str, quoting: str = "auto") -> tuple[list[tuple[int, list[str]]], bool]:
+    """Every non-blank row of a TSV or CSV, the first included (header or not), as (line number, fields); and
+    whether the fields were split raw (a TSV without quoting, where a text field may hold a stray tab)."""
+    if path.name.lower().removesuffix(".gz").endswith(".tsv"):
+        raw = quoting == "none" or (quoting == "auto" and not quoted_tsv(text))
+        if raw:
+            return [(n, line.split("\t")) for n, line in enumerate(text.splitlines(), start=1) if line.strip()], True
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows = []
+    try:
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                rows.append((reader.line_num, fields))
+    except csv.Error as e:
+        hint = "; or read it raw with --tsv-quoting none" if path.suffix != ".csv" else ""
+        raise ValueError(f"{path}:{reader.line_num}: bad quoting ({e}); quote a field as \"...\" with inner quotes "
+                         f"doubled{hint}") from None
+    return rows, False
 
 
 def is_dataset_folder(path: Path) -> bool:
