@@ -24,6 +24,7 @@ from declora.core.codecs import CODEC_NAMES
 from declora.core.mixing import MIXING_RULES
 from declora.core.robust import ROBUST_RULES, RobustRule
 from declora.core.strategies import SERVER_ALIASES, STRATEGIES, get_strategy
+from declora.learn.metrics import METRICS, metric_problem
 from declora.learn.model import TASKS
 from declora.learn.training import SCHEDULES
 
@@ -112,6 +113,12 @@ class RunConfig:
     out: str = _opt("runs/latest", "output folder (config, metrics, adapters, plots, summary)")
     resume: bool = _opt(False, "continue from the checkpoints in --out")
     save_adapters: bool = _opt(True, "save every peer's final adapter with save_pretrained")
+    metric: str = _opt("auto", "the metric that judges the run (progress, summary, plots, benchmarks); auto = accuracy "
+                               "(f1 for paraphrase data, mcc for acceptability), pearson for regression, eval loss for "
+                               "causal LM", choices=("auto", *METRICS))
+    report_to: str = _opt("", "also log to: tensorboard (OUT/tensorboard; needs pip install -e .[tensorboard])")
+    reference: str = _opt("", "a finished centralized run's folder whose final metric is drawn as a reference line and "
+                              "reported next to this run's")
     keep_checkpoints: int = _opt(2, "rounds of checkpoints each peer keeps (0 = all, e.g. to evaluate the average "
                                     "model of every round afterwards; costs disk)")
 
@@ -205,6 +212,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.server in ("",) + SERVER_AGGREGATIONS,
          f"--server must be one of {', '.join(SERVER_AGGREGATIONS)} (or empty for gossip), got {cfg.server!r}")
     need(cfg.task in ("auto", *TASKS), f"--task must be auto, {' or '.join(TASKS)}, got {cfg.task!r}")
+    problem = metric_problem(cfg.metric, cfg.task, cfg.num_labels)  # --report-to and --reference: node.report
+    need(problem is None, problem or "")
     need(cfg.schedule in SCHEDULES, f"--schedule must be {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     for name, value, choices in (("mode", cfg.mode, MODES), ("codec", cfg.codec, CODEC_NAMES),
                                  ("mixing", cfg.mixing, MIXING_RULES)):
@@ -389,7 +398,8 @@ def resolve(args: argparse.Namespace | None = None, file_values: dict | None = N
 # rest (data, model, mode, topology, ranks, codec, optimizer, seed ...) defines the run that the checkpoints hold.
 RESUMABLE = frozenset({"rounds", "deadline_s", "start_timeout_s", "heartbeat_s", "missed_heartbeats",
                        "fault_tolerant", "keys", "insecure", "eval_every", "eval_samples", "threads", "gpus", "cpu",
-                       "save_adapters", "keep_checkpoints", "resume", "out"})
+                       "save_adapters", "keep_checkpoints", "resume", "out",
+                       "metric", "report_to", "reference"})
 
 
 def _saved_run(args, values: dict, flags: dict) -> dict | None:

@@ -110,3 +110,18 @@ def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_labels: int
 
 def regression_metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
     return {"mse": mse(pred, labels), "pearson": pearson(pred, labels), "spearman": spearman(pred, labels)}
+
+
+def metric_problem(name: str, task: str, num_labels: int = 2) -> str | None:
+    """Why `--metric name` cannot judge a run of `task` (one line for the user), or None when it can. `auto` and an
+    undecided task (auto: the data decides) always pass here; the launcher checks again once the task is known."""
+    if name == "auto":
+        return None
+    if name not in METRICS:
+        return f"--metric must be auto or one of {', '.join(METRICS)}, got {name!r}"
+    fits = [n for n, metric in METRICS.items() if task in metric.tasks]
+    if task != "auto" and task not in METRICS[name].tasks:
+        return f"--metric {name} does not apply to a {task} task; use auto or one of {', '.join(fits)}"
+    if name == "f1" and task in ("auto", "classification") and num_labels != 2:
+        return f"--metric f1 is binary F1 (needs --num-labels 2, got {num_labels}); use f1-macro"
+    return None
