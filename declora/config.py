@@ -45,6 +45,10 @@ class RunConfig:
     task: str = _opt("auto", "classification | causal_lm | auto (from the data: TSV/CSV = classification)")
     data: str = _opt("", "training data (TSV/CSV/JSON/JSONL, or a folder of per-peer files); empty = shipped SST-2")
     eval_data: str = _opt("", "evaluation data; empty = shipped SST-2 dev (or a held-out slice of --data)")
+    mc_eval: str = _opt("", "causal LM: multiple-choice questions scored by the model's likelihood of each option, "
+                            "besides the eval loss: an MMLU CSV, a folder of them, or FLoRA's evaluation JSON")
+    mc_scoring: str = _opt("letter", "multiple-choice scoring: letter (likelihood of A/B/C/D) | text (mean "
+                                     "likelihood per token of each option's text)", choices=("letter", "text"))
     num_labels: int = _opt(2, "number of classes for classification")
     target_modules: str = _opt("", "comma-separated LoRA target modules; empty = the architecture's default")
     max_length: int = _opt(64, "tokens per example (truncation)")
@@ -258,7 +262,8 @@ def validate(cfg: RunConfig) -> RunConfig:
                                       f"{cfg.peers + bool(cfg.server)} --out {cfg.keys}`")
     if cfg.mode != "centralized" and not cfg.server:
         _check_topology(cfg)
-    for path_field in ("model", "data", "eval_data"):
+    need(cfg.mc_scoring in ("letter", "text"), f"--mc-scoring must be letter or text, got {cfg.mc_scoring!r}")
+    for path_field in ("model", "data", "eval_data", "mc_eval"):
         value = getattr(cfg, path_field)
         if value and not value.startswith("tiny-") and not Path(value).exists():
             raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")

@@ -13,6 +13,7 @@ import torch
 from declora.core import aggregate
 from declora.core.factors import Adapter
 from declora.learn.evaluation import evaluate
+from declora.learn.multiple_choice_eval import evaluate_multiple_choice
 from declora.learn.model import (base_weights, load_base_weights, merge_delta_and_reset, read_adapter, save_adapter,
                                  save_merged_model, write_adapter)
 from declora.learn.rng import RngStream
@@ -21,10 +22,11 @@ from declora.learn.training import LocalTrainer
 
 class Learner:
     def __init__(self, model, tokenizer, trainer: LocalTrainer, eval_set, task: str, rank: int, seed: int,
-                 eval_batch_size: int = 64):
+                 eval_batch_size: int = 64, mc_set: list | None = None, mc_scoring: str = "letter"):
         self.model, self.tokenizer, self.trainer = model, tokenizer, trainer
         self.eval_set, self.task, self.rank, self.seed = eval_set, task, rank, seed
         self.eval_batch_size = eval_batch_size
+        self.mc_set, self.mc_scoring = mc_set or [], mc_scoring  # multiple-choice questions (causal LM)
         self.rng = RngStream(seed, next(model.parameters()).device)
 
     @property
@@ -78,10 +80,16 @@ class Learner:
             self.trainer.reset_optimizer()
 
     def evaluate(self, limit: int = 0) -> dict:
-        """The eval metrics on the first `limit` examples (0: all)."""
+        """The eval metrics on the first `limit` examples (0: all), and the multiple-choice accuracy (overall and per
+        subject) on the first `limit` questions when there are any."""
         subset = self.eval_set.head(limit) if limit else self.eval_set
         with self.rng:
-            return evaluate(self.model, subset, self.task, batch_size=self.eval_batch_size)
+            result = evaluate(self.model, subset, self.task, batch_size=self.eval_batch_size)
+            if self.mc_set:
+                questions = self.mc_set[:limit] if limit else self.mc_set
+                result.update(evaluate_multiple_choice(self.model, self.tokenizer, questions, self.mc_scoring,
+                                                       batch_size=max(1, self.eval_batch_size // 4)))
+            return result
 
     def state_dict(self) -> dict:
         """The trainer's state, with this learner's random stream as the generator state a resume restores."""

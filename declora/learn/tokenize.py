@@ -25,9 +25,30 @@ PROMPT_NO_CONTEXT = (
 
 
 def format_prompt(example: InstructionExample) -> str:
+    """The Alpaca prompt of an instruction record (the template for tokenizers without a chat template)."""
     if example.context.strip():
         return PROMPT_WITH_CONTEXT.format(instruction=example.instruction, context=example.context)
     return PROMPT_NO_CONTEXT.format(instruction=example.instruction)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, instruction: str, context: str = "") -> str:
+    """The text before the response: the tokenizer's chat template (one user turn, then the assistant's turn opened)
+    when it has one, since a chat model was tuned on that format; the Alpaca template otherwise."""
+    if not has_chat_template(tokenizer):
+        return format_prompt(InstructionExample(instruction, "", context))
+    content = f"{instruction}\n\n{context}" if context.strip() else instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered prompt. A chat template writes its own special tokens (BOS included), so the
+    tokenizer must not add them a second time."""
+    return tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"]
 
 
 @dataclass
@@ -81,7 +102,7 @@ def _tokenize_classification(examples, tokenizer, max_length: int, label_type=in
 def _tokenize_instruction(example, tokenizer, max_length: int) -> dict:
     if not isinstance(example, InstructionExample):
         raise ValueError("causal LM needs instruction records (JSON/JSONL), got labeled text")
-    prompt = tokenizer(format_prompt(example))["input_ids"]
+    prompt = encode_prompt(tokenizer, render_prompt(tokenizer, example.instruction, example.context))
     response = tokenizer(example.response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response = response + [tokenizer.eos_token_id]  # so the model learns where an answer ends

@@ -43,6 +43,7 @@ def check_data(cfg: RunConfig) -> None:
     one line, instead of every peer process dying with it after loading its model."""
     from declora.learn.examples import load_examples, presplit_files
 
+    multiple_choice_set(cfg)
     if not cfg.data and not cfg.eval_data:
         return  # the shipped data
     train, evaluation = data_paths(cfg)
@@ -125,7 +126,22 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     seed = cfg.seed * 1000 + peer_id
     trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=seed)
     return Learner(model, tokenizer, trainer, work.eval, work.task, rank, seed,
-                   eval_batch_size=max(cfg.batch_size, 64))
+                   eval_batch_size=max(cfg.batch_size, 64), mc_set=multiple_choice_set(cfg), mc_scoring=cfg.mc_scoring)
+
+
+def multiple_choice_set(cfg: RunConfig) -> list:
+    """The --mc-eval questions (causal LM only: a classifier has no likelihood of an answer's text)."""
+    if not cfg.mc_eval:
+        return []
+    from declora.learn.multiple_choice import load_multiple_choice
+
+    if resolve_task(cfg) != "causal_lm":
+        raise ConfigError(f"--mc-eval scores a causal LM's likelihood of each option, but this run's task is "
+                          f"{resolve_task(cfg)}; drop --mc-eval or train on instruction data (--task causal_lm)")
+    try:
+        return load_multiple_choice(cfg.mc_eval)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def server_expectations(cfg: RunConfig):
