@@ -150,3 +150,17 @@ def test_chat_template_is_used_when_the_tokenizer_has_one():
     ids = encode_prompt(tokenizer, chat)
     assert ids.count(tokenizer.bos_token_id) == 1  # the template's BOS, not a second one from the tokenizer
     assert LETTERS[:4] == "ABCD"
+
+
+def test_training_prompts_use_the_chat_template_too():
+    from declora.learn.examples import InstructionExample
+    from declora.learn.tokenize import IGNORE_INDEX, tokenize
+
+    tokenizer = byte_tokenizer("llama")
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    feature = tokenize([InstructionExample("Say hi", "hi", "to Bob")], tokenizer, "causal_lm", max_length=128).features[0]
+    prompt = encode_prompt(tokenizer, "<s><|user|>Say hi\n\nto Bob<|assistant|>")
+    assert feature["input_ids"][:len(prompt)] == prompt
+    assert feature["labels"][:len(prompt)] == [IGNORE_INDEX] * len(prompt)  # the loss is on the response only
+    assert feature["input_ids"][len(prompt):] == feature["labels"][len(prompt):]
