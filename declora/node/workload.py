@@ -65,6 +65,29 @@ def resolve_task(cfg: RunConfig) -> str:
     return "causal_lm" if json_like else "classification"
 
 
+def resolve_metric(cfg: RunConfig) -> str:
+    """The metric that judges the run: --metric, or auto's choice for the task, and for classification the data's
+    layout (GLUE's own metric: F1 for paraphrase pairs (MRPC, QQP), MCC for acceptability (CoLA), else accuracy)."""
+    from declora.learn.examples import known_layout
+    from declora.learn.metrics import metric_problem
+
+    task = resolve_task(cfg)
+    if cfg.metric != "auto":
+        problem = metric_problem(cfg.metric, task, cfg.num_labels)  # with --task auto, first known here
+        if problem:
+            raise ConfigError(problem)
+        return cfg.metric
+    if task == "regression":
+        return "pearson"
+    if task == "causal_lm":
+        return "mc-accuracy" if getattr(cfg, "mc_eval", "") else "loss"
+    # The eval file: always one file (the training data may be a folder of shards); the shipped SST-2 is neither.
+    layout = known_layout(data_paths(cfg)[1]) if cfg.data or cfg.eval_data else None
+    if layout == "paraphrase" and cfg.num_labels == 2:
+        return "f1"
+    return "mcc" if layout == "acceptability" else "accuracy"
+
+
 def model_spec(cfg: RunConfig):
     from declora.learn.model import ModelSpec
 
