@@ -8,7 +8,14 @@ from typing import Sequence
 
 import numpy as np
 
-from declora.learn.examples import Example, TextExample, group_of, load_examples, presplit_files
+from declora.learn.data_files import is_dataset_folder
+from declora.learn.examples import DataSpec, Example, TextExample, group_of, load_examples, presplit_files
+
+# Float labels (regression scores) are binned into this many equal-count groups before a split skews over them.
+# Quantile bins, not the floor of the value: they give every score scale the same number of groups of the same size
+# (the floor would put a 0-1 score in one group, and STS-B's 5.0 alone in one), so dirichlet:ALPHA and
+# labelskew:K mean on scores what they mean on classes.
+SCORE_BINS = 5
 
 
 def parse_scheme(scheme: str) -> tuple[str, float | None]:
@@ -64,10 +71,23 @@ def partition_indices(examples: Sequence[Example], n: int, scheme: str = "iid", 
     return [[int(i) for i in rng.permutation(part)] for part in parts]
 
 
+def groups_of(examples: Sequence[Example]) -> list:
+    """Every example's group: its label or category; for float labels, its quantile bin named by its range."""
+    groups = [group_of(e) for e in examples]
+    if not any(isinstance(g, float) for g in groups):
+        return groups
+    values = np.asarray(groups, dtype=float)
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, SCORE_BINS + 1)))
+    if len(edges) < 2:
+        return [f"{values[0]:g}"] * len(values)
+    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    return [f"{edges[b]:g}-{edges[b + 1]:g}" for b in bins]
+
+
 def _indices_by_group(examples: Sequence[Example]) -> dict:
     groups: dict = {}
-    for i, example in enumerate(examples):
-        groups.setdefault(group_of(example), []).append(i)
+    for i, group in enumerate(groups_of(examples)):
+        groups.setdefault(group, []).append(i)
     return {g: groups[g] for g in sorted(groups, key=str)}
 
 
@@ -119,31 +139,35 @@ def _top_up(parts: list[list[int]], min_size: int) -> list[list[int]]:
 
 
 def split_for_peers(data_path: str | Path, n: int, scheme: str = "iid", seed: int = 0,
-                    min_size: int | None = None, **load_kwargs) -> list[list[Example]]:
+                    min_size: int | None = None, spec: DataSpec | None = None, **load_kwargs) -> list[list[Example]]:
     """Every peer's examples. A folder with the 'files' scheme: peer i gets the folder's file i. A folder with
-    another scheme: its per-peer files are pooled and re-partitioned. A file: loaded and partitioned."""
+    another scheme: its per-peer files are pooled and re-partitioned. A file, or a datasets save_to_disk folder (one
+    dataset): loaded and partitioned."""
     data_path = Path(data_path)
     if parse_scheme(scheme)[0] == "files":
         files = _files_for(data_path, n)
-        return [load_examples(f, **load_kwargs) for f in files]
-    if data_path.is_dir():
-        examples = [e for f in presplit_files(data_path) for e in load_examples(f, **load_kwargs)]
+        return [load_examples(f, spec, **load_kwargs) for f in files]
+    if data_path.is_dir() and not is_dataset_folder(data_path):
+        examples = [e for f in presplit_files(data_path) for e in load_examples(f, spec, **load_kwargs)]
     else:
-        examples = load_examples(data_path, **load_kwargs)
+        examples = load_examples(data_path, spec, **load_kwargs)
     return partition(examples, n, scheme, seed, min_size)
 
 
 def peer_examples(data_path: str | Path, n: int, scheme: str, seed: int, peer_index: int,
-                  min_size: int | None = None, **load_kwargs) -> list[Example]:
+                  min_size: int | None = None, spec: DataSpec | None = None, **load_kwargs) -> list[Example]:
     """One peer's share; with 'files' only its own file is read."""
     if not 0 <= peer_index < n:
         raise ValueError(f"peer index {peer_index} is outside 0..{n - 1}")
     if parse_scheme(scheme)[0] == "files":
-        return load_examples(_files_for(Path(data_path), n)[peer_index], **load_kwargs)
-    return split_for_peers(data_path, n, scheme, seed, min_size, **load_kwargs)[peer_index]
+        return load_examples(_files_for(Path(data_path), n)[peer_index], spec, **load_kwargs)
+    return split_for_peers(data_path, n, scheme, seed, min_size, spec, **load_kwargs)[peer_index]
 
 
 def _files_for(folder: Path, n: int) -> list[Path]:
+    if is_dataset_folder(folder):
+        raise ValueError(f"{folder} is one dataset (a save_to_disk folder), not a folder of per-peer files; use "
+                         f"--partition iid or dirichlet:ALPHA")
     files = presplit_files(folder)
     if len(files) < n:
         raise ValueError(f"{folder} has {len(files)} per-peer files, fewer than the {n} peers")
@@ -152,8 +176,9 @@ def _files_for(folder: Path, n: int) -> list[Path]:
 
 def describe(examples: Sequence[Example]) -> dict:
     """Sample count and histogram of labels (or categories): what each peer logs about its share."""
-    counts = Counter(group_of(e) for e in examples)
-    kind = "labels" if examples and isinstance(examples[0], TextExample) else "categories"
+    counts = Counter(groups_of(examples))
+    kind = "categories" if examples and not isinstance(examples[0], TextExample) else (
+        "scores" if any(isinstance(e.label, float) for e in examples) else "labels")
     return {"samples": len(examples), "kind": kind, "histogram": {str(g): counts[g] for g in sorted(counts, key=str)}}
 
 
