@@ -1,8 +1,9 @@
 """Helpers for tests: tiny models and tiny data files.
 
-The tiny models are built from configs by `declora.learn.tiny_models` (`tiny-bert`, `tiny-llama`: hidden 32, 2 layers,
-a byte-level tokenizer made in code). The tiny-gpt2 checkpoint lives in the shared folder beside the repository
-(<repo>/../shared); tests that need it skip when it is absent.
+The tiny models are built from configs by `declora.learn.tiny_models` (`tiny-bert`, `tiny-llama` and one of each other
+supported architecture, `TINY_MODELS`: hidden 32, 2 layers, a byte-level tokenizer made in code). The real tiny-gpt2
+checkpoint lives in the shared folder beside the repository (<repo>/../shared); tests that need it skip when it is
+absent.
 """
 from __future__ import annotations
 
