@@ -32,7 +32,9 @@ def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     train = Path(cfg.data)
     if cfg.eval_data:
         return train, Path(cfg.eval_data)
-    held_out = held_out_file(train) if train.is_dir() else None
+    from declora.learn.data_files import is_dataset_folder
+
+    held_out = held_out_file(train) if train.is_dir() and not is_dataset_folder(train) else None
     if held_out is None:
         raise ConfigError(f"--data {train} has no evaluation set: pass --eval-data PATH")
     return train, held_out
@@ -41,28 +43,37 @@ def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
 def check_data(cfg: RunConfig) -> None:
     """Before any process starts: the user's training and evaluation files load. A bad file stops the launcher with
     one line, instead of every peer process dying with it after loading its model."""
-    from declora.learn.examples import load_examples, presplit_files
+    from declora.learn.data_files import is_dataset_folder
+    from declora.learn.examples import load_examples, presplit_files, task_of
 
     multiple_choice_set(cfg)
     if not cfg.data and not cfg.eval_data:
         return  # the shipped data
     train, evaluation = data_paths(cfg)
+    spec = cfg.data_spec()
     try:
-        for path in (presplit_files(train) if train.is_dir() else [train]) + [evaluation]:
-            load_examples(path)
+        shards = presplit_files(train) if train.is_dir() and not is_dataset_folder(train) else [train]
+        loaded = [load_examples(path, spec) for path in shards + [evaluation]]
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
+    task = resolve_task(cfg)
+    for path, examples in zip(shards + [evaluation], loaded):
+        if examples and task == "classification" and task_of(examples) == "regression":
+            raise ConfigError(f"{path}: the labels are non-integer numbers (scores), but the task is classification "
+                              f"(from {'--task' if cfg.task != 'auto' else 'the first rows of --data'}); pass "
+                              f"--task regression")
 
 
 def resolve_task(cfg: RunConfig) -> str:
+    """--task, or with auto the task of --data's first rows: causal_lm for instruction records (any format),
+    regression for non-integer numeric labels, else classification."""
     if cfg.task != "auto":
         return cfg.task
     if not cfg.data:
         return "classification"
-    path = Path(cfg.data)
-    names = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
-    json_like = any(n.removesuffix(".gz").endswith((".json", ".jsonl")) for n in names)
-    return "causal_lm" if json_like else "classification"
+    from declora.learn.examples import sniff_task
+
+    return cfg._memo("_task", lambda: sniff_task(cfg.data, cfg.data_spec()))
 
 
 def resolve_metric(cfg: RunConfig) -> str:
@@ -82,7 +93,7 @@ def resolve_metric(cfg: RunConfig) -> str:
     if task == "causal_lm":
         return "mc-accuracy" if getattr(cfg, "mc_eval", "") else "loss"
     # The eval file: always one file (the training data may be a folder of shards); the shipped SST-2 is neither.
-    layout = known_layout(data_paths(cfg)[1]) if cfg.data or cfg.eval_data else None
+    layout = known_layout(data_paths(cfg)[1], cfg.data_spec()) if cfg.data or cfg.eval_data else None
     if layout == "paraphrase" and cfg.num_labels == 2:
         return "f1"
     return "mcc" if layout == "acceptability" else "accuracy"
@@ -115,12 +126,14 @@ def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union:
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)
+    spec = cfg.data_spec()
     try:
         if union:
-            examples = [e for shard in split_for_peers(train_path, n_shards, cfg.partition, cfg.seed) for e in shard]
+            examples = [e for shard in split_for_peers(train_path, n_shards, cfg.partition, cfg.seed, spec=spec)
+                        for e in shard]
         else:
-            examples = peer_examples(train_path, n_shards, cfg.partition, cfg.seed, peer_id)
-        eval_examples = load_examples(eval_path)
+            examples = peer_examples(train_path, n_shards, cfg.partition, cfg.seed, peer_id, spec=spec)
+        eval_examples = load_examples(eval_path, spec)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     return Workload(
@@ -180,7 +193,7 @@ def server_expectations(cfg: RunConfig):
     layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
-        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed)
+        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=cfg.data_spec())
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     return layout, {i: len(shard) for i, shard in enumerate(shards)}
