@@ -20,8 +20,10 @@ from declora.config import ConfigError, RunConfig, make_out_dir, write_run_confi
 from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_rounds, saved_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
+from declora.node.report import check_reporting, end_table, final_line, load_reference
+from declora.node.tensorboard_log import write_run_board
 from declora.node.transports import check_links
-from declora.node.workload import check_data
+from declora.node.workload import check_data, resolve_metric
 from declora.wire.security import generate_keys
 
 POLL_S = 0.5
@@ -171,6 +173,7 @@ def child_env() -> dict:
 def simulate(cfg: RunConfig, out=None) -> int:
     """Run every process of the run on this host; return the exit status for the command."""
     check_data(cfg)
+    check_reporting(cfg)
     cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True)
     return run_processes(cfg, config_path, process_ids(cfg), out=out)
 
@@ -260,20 +263,23 @@ def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> in
     server_metrics = run_dir / "metrics" / "server.jsonl"
     if server_metrics.exists():
         extra["server"] = read_jsonl(server_metrics)
-    summary = summarize(cfg.to_json(), per_peer, wall_s, extra)
+    metric = resolve_metric(cfg)  # checked at launch
+    reference = load_reference(cfg, metric)
+    if reference:
+        extra["reference"] = reference
+    summary = summarize(cfg.to_json(), per_peer, wall_s, extra, metric)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
-        plots = plot_run(run_dir, per_peer)
+        plots = plot_run(run_dir, per_peer, metric, describe(cfg), reference and reference["value"])
     except Exception as e:  # noqa: BLE001 - a plot failure must not hide the run's results
         plots = []
         print(f"declora: could not draw plots: {e}", file=out)
-    final = summary["final"]
-    if "accuracy_mean" in final:
-        print(f"declora: final accuracy mean {final['accuracy_mean']:.4f} min {final['accuracy_min']:.4f} "
-              f"max {final['accuracy_max']:.4f}", file=out)
-    elif "loss_mean" in final:
-        print(f"declora: final eval loss mean {final['loss_mean']:.4f} (perplexity {final['perplexity_mean']:.2f})",
-              file=out)
+    write_run_board(cfg, summary["rounds"])
+    line = final_line(summary["final"], reference)
+    if line:
+        print(line, file=out)
+    if per_peer:
+        print(end_table(per_peer, metric), file=out)
     print(f"declora: {summary['bytes_sent_total'] / 1e6:.2f} MB sent, {wall_s:.0f} s; wrote {run_dir}/summary.json"
           + "".join(f", {p.name}" for p in plots), file=out, flush=True)
     return status
@@ -316,6 +322,7 @@ def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | Non
         raise ConfigError(f"node {node} of {nnodes} has no peers ({cfg.peers} peers, {per_node} per node): check "
                           f"NODE_RANK/NNODES against --peers and --peers-per-node")
     check_data(cfg)
+    check_reporting(cfg)
     run_dir = make_out_dir(cfg)
     check_links(cfg, ids)
     config_path = run_dir / f"config.node{node}.json"

@@ -191,8 +191,8 @@ class AverageModel:
         write_adapter(self.model, current)
 
     def evaluate(self, states: Sequence[PeerState], batch_size: int = 64) -> dict:
-        """Eval metrics of the average of `states` (accuracy, loss, samples for classification; loss and
-        perplexity for causal LM) plus the spreads."""
+        """Eval metrics of the average of `states` (every metric of the task, as `learn.evaluation.evaluate`
+        reports them: accuracy, f1, mcc ... and loss for classification) plus the spreads."""
         from declora.learn.evaluation import evaluate
 
         self.load(states)

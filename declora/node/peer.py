@@ -18,11 +18,14 @@ import torch
 from declora.config import ConfigError, RunConfig, add_peer_flags
 from declora.core.attacks import HostileSender
 from declora.learn.learner import Learner
+from declora.learn.metrics import record_key
 from declora.node.catch_up import catch_up
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.metrics import MetricsWriter
 from declora.node.neighbourhood import neighbourhood_for
 from declora.node.rollback import Rollback
+from declora.node.tensorboard_log import open_peer_board
+from declora.node.workload import resolve_metric
 from declora.wire.adapter_messages import AdapterSender
 
 log = logging.getLogger("declora.node.peer")
@@ -39,6 +42,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     rollback = Rollback(learner, merged)  # a mix that makes training blow up is undone, not fatal
     start_round = resume(cfg, peer_id, resume_round, learner, sender, merged, rollback, hood) if cfg.resume else 0
     metrics = MetricsWriter(run_dir / "metrics" / f"peer-{peer_id}.jsonl", truncate_after_round=start_round - 1)
+    board, metric = open_peer_board(cfg, peer_id, start_round), resolve_metric(cfg)  # --report-to; what judges
     started = time.time()
 
     transport.set_round(start_round)
@@ -63,15 +67,17 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                 learner.load(result.adapter)
 
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
-                      "train_samples": train_stats["samples"], "neighbours_heard": len(got.adapters),
+                      "train_samples": train_stats["samples"], "neighbours": len(hood.neighbours),
+                      "neighbours_heard": len(got.adapters),
                       "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
                       "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
                       "implausible": sorted(got.implausible), "clipped": got.clipped, "rollbacks": rollback.count}
             if t == start_round and start_round != resumed_at:
                 record["caught_up_from_round"] = resumed_at
-            record.update(evaluate_if_due(cfg, learner, t))
+            record.update(evaluate_if_due(cfg, learner, t, metric))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
+            board.write(record)
             after = learner.adapter()  # read once: the checkpoint and the state neighbours may ask for
             state = {"round": t, "adapter": adapter_to_state(after), "trainer": learner.state_dict(),
                      "sender": sender.state_dict(), "merged_delta": merged, "rollback": rollback.state_dict(),
@@ -89,6 +95,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
         if cfg.save_adapters:
             learner.save(run_dir / "adapters" / f"peer-{peer_id}", base_changed=bool(merged))
     metrics.close()
+    board.close()
 
 
 def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> None:
@@ -96,20 +103,22 @@ def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -
         total[key] = total[key] + d if key in total else d.clone()
 
 
-def evaluate_if_due(cfg: RunConfig, learner: Learner, t: int) -> dict:
+def evaluate_if_due(cfg: RunConfig, learner: Learner, t: int, metric: str = "") -> dict:
+    """Every eval metric as eval_<name>, and `metric`: the name of the one that judges the run (so that the
+    records say it themselves, for readers without the config and its data, e.g. benchmarks)."""
     last = t == cfg.rounds - 1
     if not last and (t + 1) % cfg.eval_every:
         return {}
     result = learner.evaluate(limit=0 if last else cfg.eval_samples)
-    return {f"eval_{k}": v for k, v in result.items()}
+    return {**{f"eval_{k}": v for k, v in result.items()}, **({"metric": metric} if metric else {})}
 
 
 def _eval_text(record: dict) -> str:
-    if "eval_accuracy" in record:
-        return f"acc {record['eval_accuracy']:.4f}"
-    if "eval_loss" in record:
-        return f"eval loss {record['eval_loss']:.4f}"
-    return "no eval"
+    name = record.get("metric") or ("accuracy" if "eval_accuracy" in record else "loss")
+    value = record.get(record_key(name))
+    if value is None:
+        return "no eval" if "eval_loss" not in record else f"{name} undefined, eval loss {record['eval_loss']:.4f}"
+    return f"{'eval loss' if name == 'loss' else name} {value:.4f}"
 
 
 def wait_for_neighbours(transport, neighbours: list[int], timeout_s: float) -> None:
