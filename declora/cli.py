@@ -212,6 +212,11 @@ RUN_COMMANDS = {
     "launch-node": ("start this node's peers (SLURM or torchrun-style variables)",
                     "Start the peers of this node: node NODE_RANK (or SLURM_NODEID) of NNODES runs peers "
                     "NODE_RANK*L .. NODE_RANK*L+L-1, L = LOCAL_WORLD_SIZE or one per GPU.", "run", "_run_launch_node"),
+    "worker": ("run one peer under torchrun or srun (peers find each other through the launcher's rendezvous)",
+               "Run one gossip peer started by torchrun (`torchrun --nnodes N --nproc-per-node L -m "
+               "declora.node.worker ...`) or SLURM (`srun -n N declora worker ...`): peer RANK of WORLD_SIZE, "
+               "endpoints and CURVE public keys exchanged through the launcher's TCPStore; rank 0 writes the "
+               "summary.", "run", "_run_worker"),
     "server": ("run the parameter-server baseline process (fedit, flora, flexlora, zeropad)",
                "Run the parameter server of a server-baseline run; its clients are `declora peer` processes with the "
                "same --server flag.", "server", "_run_server"),
@@ -273,6 +278,12 @@ def _check_model_available(cfg) -> None:
 
 def _run_peer(args) -> int:
     from declora.node.peer import run_from_args
+
+    return run_from_args(args)
+
+
+def _run_worker(args) -> int:
+    from declora.node.worker import run_from_args
 
     return run_from_args(args)
 

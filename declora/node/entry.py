@@ -16,10 +16,12 @@ from declora.node.checkpoint import CheckpointError
 from declora.wire.security import SecurityError
 
 
-def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable[[RunConfig], None]) -> int:
+def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable[[RunConfig], None],
+                overrides: dict | None = None) -> int:
+    """`overrides` win over flags and files (a worker's peer count is the launcher's world size)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag} %(levelname)s %(message)s")
     try:
-        cfg = resolve(args)
+        cfg = resolve(args, **(overrides or {}))
         make_out_dir(cfg)
         torch.set_num_threads(max(1, cfg.threads or 1))
         body(cfg)

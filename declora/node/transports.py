@@ -10,7 +10,7 @@ from declora.node.addressbook import address_book, bind_endpoint
 from declora.wire.inproc import InProcNetwork
 from declora.wire.liveness import Liveness
 from declora.wire.protocol import AdapterLayout
-from declora.wire.security import check_plaintext, load_security
+from declora.wire.security import SecurityConfig, check_plaintext, load_security
 from declora.wire.zmq_transport import ZmqTransport
 
 
@@ -24,14 +24,18 @@ def run_address_book(cfg: RunConfig) -> dict[int, str]:
     return address_book(cfg, topology, Path(cfg.out), n_ids=cfg.peers + 1 if cfg.server else cfg.peers)
 
 
-def open_transport(cfg: RunConfig, me: int, neighbours: list[int], layout: AdapterLayout | None):
-    """Peer (or server) `me`'s transport to `neighbours`."""
+def open_transport(cfg: RunConfig, me: int, neighbours: list[int], layout: AdapterLayout | None,
+                   book: dict[int, str] | None = None, security: SecurityConfig | None = None):
+    """Peer (or server) `me`'s transport to `neighbours`. `book` and `security` default to the run's address book
+    and key files; a peer that found the others through a launcher's rendezvous passes what it found there."""
     if not neighbours:
         return InProcNetwork().transport(me, [], layout=layout, liveness=liveness_of(cfg))
-    book = run_address_book(cfg)
+    book = run_address_book(cfg) if book is None else book
+    if security is None and cfg.keys:
+        security = load_security(cfg.keys, me)
     return ZmqTransport(
         me, bind_endpoint(book[me]), {j: book[j] for j in neighbours}, layout=layout, liveness=liveness_of(cfg),
-        security=load_security(cfg.keys, me) if cfg.keys else None, allow_plaintext_nonlocal=cfg.insecure,
+        security=security, allow_plaintext_nonlocal=cfg.insecure,
     )
 
 

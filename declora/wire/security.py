@@ -71,6 +71,12 @@ def generate_keys(out_dir: str | os.PathLike, peer_ids: Iterable[int], *, overwr
     return written
 
 
+def new_keypair() -> tuple[bytes, bytes]:
+    """(public, secret), z85: a key pair that lives only in this process (a discovered run's peers publish the public
+    half through the launcher's store; see declora.node.rendezvous)."""
+    return zmq.curve_keypair()
+
+
 def _write_key(path: Path, peer_id: int, public: bytes, secret: bytes | None, stamp: str) -> Path:
     kind = "secret" if secret else "public"
     text = (f"#   declora peer {peer_id} CURVE {kind} key, made {stamp}\n"
