@@ -24,8 +24,7 @@ from declora.core.codecs import CODEC_NAMES
 from declora.core.mixing import MIXING_RULES
 from declora.core.robust import ROBUST_RULES, RobustRule
 from declora.core.strategies import SERVER_ALIASES, STRATEGIES, get_strategy
-from declora.learn.data_files import TSV_QUOTING
-from declora.learn.examples import HEADER_CHOICES, DataSpec
+from declora.learn.tables import flags_problem
 from declora.learn.metrics import METRICS, metric_problem
 from declora.learn.model import TASKS
 from declora.learn.training import SCHEDULES
@@ -44,23 +43,14 @@ def _opt(default, help: str, **extra):
 class RunConfig:
     # What to train, on what.
     model: str = _opt("", "local Hugging Face checkpoint folder; empty = the pretrained MiniLM-L6 of the demo extra")
-    task: str = _opt("auto", "classification | causal_lm | regression | auto (from the data's first rows: "
-                           "instruction records = causal_lm, non-integer numeric labels = regression, else "
-                           "classification)")
-    data: str = _opt("", "training data (TSV/CSV/JSON/JSONL/Parquet, a datasets save_to_disk folder, or "
-                           "a folder of per-peer files); empty = shipped SST-2")
+    task: str = _opt("auto", "classification | causal_lm | regression | auto (from the data's first rows)")
+    data: str = _opt("", "training data (TSV/CSV/JSON(L)/Parquet/save_to_disk folder, or a folder of per-peer files)")
     eval_data: str = _opt("", "evaluation data; empty = shipped SST-2 dev (or a held-out slice of --data)")
-    # How to read --data and --eval-data (declora.learn.examples.DataSpec); README "Bring your own data".
-    text_columns: str = _opt("", "text column(s): a name or 0-based index, two (comma) for sentence pairs; empty = "
-                                 "found by the usual names (sentence, text, sentence1,sentence2, #1 String ...)")
-    label_column: str = _opt("", "label column: a name or 0-based index; empty = found (label, quality, score ...)")
-    label_names: str = _opt("", "comma list naming the labels: label i is the i-th name, string labels map to their "
-                                "position; empty = integer labels as they are, string labels sorted")
-    header: str = _opt("auto", "TSV/CSV header row: auto | yes | no (auto: a header when it holds a known column "
-                               "name, or when columns are given by name)", choices=HEADER_CHOICES)
-    tsv_quoting: str = _opt("auto", "TSV quoting: auto | csv (pandas / Hugging Face to_csv(sep='\\t') exports) | "
-                                    "none (raw GLUE); auto reads csv only when every quote is well-formed CSV quoting",
-                            choices=TSV_QUOTING)
+    text_columns: str = _opt("", "text column(s), names or 0-based indices (two: a pair); empty = by usual names")
+    label_column: str = _opt("", "label column, a name or 0-based index; empty = by usual names (label, score ...)")
+    label_names: str = _opt("", "comma list: label i is the i-th name (string labels map to their position)")
+    header: str = _opt("auto", "TSV/CSV header row: auto | yes | no (README: Bring your own data)")
+    tsv_quoting: str = _opt("auto", "TSV fields: auto | csv (quoted, as pandas to_csv writes) | none (raw GLUE)")
     mc_eval: str = _opt("", "causal LM: multiple-choice questions scored by the model's likelihood of each option, "
                             "besides the eval loss: an MMLU CSV, a folder of them, or FLoRA's evaluation JSON")
     mc_scoring: str = _opt("letter", "multiple-choice scoring: letter (likelihood of A/B/C/D) | text (mean "
@@ -197,10 +187,6 @@ class RunConfig:
             spec = f"{spec}:{self.peers}"
         return spec
 
-    def data_spec(self) -> DataSpec:
-        """How to read the data files: the columns, labels, header and quoting flags."""
-        return DataSpec.parse(self.text_columns, self.label_column, self.label_names, self.header, self.tsv_quoting)
-
     def gpu_list(self) -> list[int] | None:
         return [int(g) for g in self.gpus.split(",") if g.strip()] or None
 
@@ -254,9 +240,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         others = [n for n in (SERVER_AGGREGATIONS if cfg.server else STRATEGIES) if not get_strategy(n).equal_ranks]
         what, flag = (f"--server {cfg.server}", "--server") if cfg.server else (cfg.mode, "--mode")
         raise ConfigError(f"{what} averages A and B, so ranks must match, but {cfg.ranks_origin()} gives "
-                          f"{','.join(map(str, ranks))}; use {flag} {', '.join(others[:-1])} or {others[-1]} for heterogeneous "
-                          f"ranks, "
-                          f"or one --ranks value")
+                          f"{','.join(map(str, ranks))}; use {flag} {', '.join(others[:-1])} or {others[-1]} for "
+                          f"heterogeneous ranks, or one --ranks value")
     need(cfg.robust in ROBUST_RULES, f"--robust must be one of {', '.join(ROBUST_RULES)}, got {cfg.robust!r}")
     need(cfg.robust_trim >= 0, f"--robust-trim must be >= 0, got {cfg.robust_trim}")
     need(cfg.plausible_ratio == 0 or cfg.plausible_ratio > 1,
@@ -282,35 +267,14 @@ def validate(cfg: RunConfig) -> RunConfig:
                                       f"{cfg.peers + bool(cfg.server)} --out {cfg.keys}`")
     if cfg.mode != "centralized" and not cfg.server:
         _check_topology(cfg)
-    _check_data_spec(cfg)
+    problem = flags_problem(cfg.text_columns, cfg.label_column, cfg.label_names, cfg.header, cfg.tsv_quoting)
+    need(problem is None, problem or "")
     need(cfg.mc_scoring in ("letter", "text"), f"--mc-scoring must be letter or text, got {cfg.mc_scoring!r}")
     for path_field in ("model", "data", "eval_data", "mc_eval"):
         value = getattr(cfg, path_field)
         if value and not value.startswith("tiny-") and not Path(value).exists():
             raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")
     return cfg
-
-
-def _check_data_spec(cfg: RunConfig) -> None:
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    need(cfg.header in HEADER_CHOICES, f"--header must be auto, yes or no, got {cfg.header!r}")
-    need(cfg.tsv_quoting in TSV_QUOTING, f"--tsv-quoting must be auto, csv or none, got {cfg.tsv_quoting!r}")
-    spec = cfg.data_spec()
-    columns = [c.strip() for c in cfg.text_columns.split(",")] if cfg.text_columns.strip() else []
-    need(all(columns) and len(columns) in (0, 1, 2), f"--text-columns takes one column or two for sentence pairs "
-                                                     f"(names or 0-based indices, comma-separated), got "
-                                                     f"{cfg.text_columns!r}")
-    need("," not in cfg.label_column, f"--label-column takes one column (a name or 0-based index), got "
-                                      f"{cfg.label_column!r}")
-    names = [n.strip() for n in cfg.label_names.split(",")] if cfg.label_names.strip() else []
-    need(all(names) and len(set(names)) == len(names), f"--label-names must be distinct, non-empty names separated "
-                                                       f"by commas (e.g. negative,positive), got {cfg.label_names!r}")
-    need(not (cfg.header == "no" and spec.by_name()), f"--header no: columns must be given by 0-based index, got "
-                                                      f"--text-columns {cfg.text_columns!r} --label-column "
-                                                      f"{cfg.label_column!r}; use indices or --header yes")
 
 
 def _check_topology(cfg: RunConfig) -> None:

@@ -128,13 +128,10 @@ def head_records(path: Path, n: int) -> list[dict]:
     return []
 
 
-def arrow_records(path: Path) -> tuple[list[dict], dict[str, list[str]]]:
-    """All records of a Parquet file or a save_to_disk folder, and the names of any ClassLabel columns."""
-    if path.is_dir():
-        data = saved_dataset(path)
-        names = {k: list(f.names) for k, f in data.features.items() if type(f).__name__ == "ClassLabel"}
-        return data.to_list(), names
-    return parquet_table(path).to_pylist(), {}
+def arrow_records(path: Path) -> list[dict]:
+    """All records of a Parquet file or a save_to_disk folder. A ClassLabel column gives its integers, which stay
+    integers (as in a GLUE TSV); --label-names may name them."""
+    return saved_dataset(path).to_list() if path.is_dir() else parquet_table(path).to_pylist()
 
 
 def json_records(text: str, path: Path) -> list[dict]:

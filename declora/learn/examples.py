@@ -14,7 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Sequence, Union
 
+from declora.learn import data_files, tables
 from declora.learn.data_files import DATA_SUFFIXES
+from declora.learn.tables import (HEADER_CHOICES, LABEL_COLUMN_CHOICES, TEXT_COLUMN_CHOICES,  # noqa: F401 - API
+                                  DataSpec, looks_like_raw_cola)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # data shipped inside the package
 
@@ -74,44 +77,6 @@ def default_dataset() -> DatasetPaths:
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------------
-# Column names GLUE and common CSVs use; the first choice found in the header wins (pairs before singles).
-TEXT_COLUMN_CHOICES = (
-    ("sentence1", "sentence2"), ("#1 string", "#2 string"), ("question1", "question2"), ("question", "sentence"),
-    ("premise", "hypothesis"), ("text_a", "text_b"), ("sentence",), ("text",), ("review",), ("content",),
-)
-LABEL_COLUMN_CHOICES = ("label", "labels", "quality", "is_duplicate", "acceptability", "gold_label", "class",
-                        "target", "score")
-HEADER_CHOICES = ("auto", "yes", "no")
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """How to read the user's data: the --text-columns, --label-column, --label-names, --header and --tsv-quoting of
-    the run. Columns are names or 0-based indices (as strings); empty = found by the usual names."""
-
-    text_columns: tuple[str, ...] = ()
-    label_column: str = ""
-    label_names: tuple[str, ...] = ()
-    header: str = "auto"
-    tsv_quoting: str = "auto"
-
-    @classmethod
-    def parse(cls, text_columns: str = "", label_column: str = "", label_names: str = "", header: str = "auto",
-              tsv_quoting: str = "auto") -> "DataSpec":
-        """From the config's strings (comma lists)."""
-        def items(value: str) -> tuple[str, ...]:
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-
-        return cls(items(text_columns), label_column.strip(), items(label_names), header, tsv_quoting)
-
-    def by_name(self) -> bool:
-        """Whether some column is given by name (which needs a header row)."""
-        return any(not c.isdigit() for c in (*self.text_columns, *([self.label_column] if self.label_column else [])))
-
-    def label_index(self) -> int | None:
-        return int(self.label_column) if self.label_column.isdigit() else None
-
-
 def load_examples(path: str | Path, spec: DataSpec | None = None, *, text_columns: Sequence[str] | None = None,
                   label_column: str | None = None, label_names: Sequence[str] | None = None,
                   max_rows: int | None = None) -> list[Example]:
@@ -124,8 +89,6 @@ def load_examples(path: str | Path, spec: DataSpec | None = None, *, text_column
     Records (JSON, Parquet, datasets) hold instruction data (Dolly/Alpaca) or text + label fields. The keyword
     arguments override the spec's fields; `max_rows` reads only about the first rows (to sniff a file cheaply).
     """
-    from declora.learn import data_files, tables
-
     spec = spec or DataSpec()
     overrides = {k: tuple(v) if not isinstance(v, str) else v for k, v in
                  (("text_columns", text_columns), ("label_column", label_column), ("label_names", label_names))
@@ -139,25 +102,29 @@ def load_examples(path: str | Path, spec: DataSpec | None = None, *, text_column
         raise ValueError(f"{path} is a folder: give a file or a datasets save_to_disk folder, or use the 'files' "
                          f"partition for a folder of per-peer files")
     if kind in ("dataset", ".parquet"):
-        records = (data_files.head_records(path, max_rows) if max_rows else data_files.arrow_records(path))
-        return tables.record_examples(records, path, spec)
+        return _from_records(data_files.head_records(path, max_rows) if max_rows else data_files.arrow_records(path),
+                             path, spec)
     text = data_files.read_text(path, max_rows if kind in (".tsv", ".csv") else None)
     if kind in (".json", ".jsonl"):
         records = data_files.json_records(text, path)
-        return tables.record_examples(records[:max_rows] if max_rows else records, path, spec)
+        return _from_records(records[:max_rows] if max_rows else records, path, spec)
     rows, raw = data_files.table_rows(path, text, spec.tsv_quoting)
-    return tables.table_examples(rows, raw, path, spec)
+    return [TextExample(*fields) for fields in tables.text_rows(rows, raw, path, spec)]
+
+
+def _from_records(records: list[dict], path: Path, spec: DataSpec) -> list[Example]:
+    if records and "instruction" in records[0] and not spec.text_columns:
+        return [InstructionExample(*fields) for fields in tables.instruction_rows(records, path)]
+    return [TextExample(*fields) for fields in tables.record_text_rows(records, path, spec)]
 
 
 def sniff_task(path: str | Path, spec: DataSpec | None = None, rows: int = 50) -> str:
     """The task of a data file (or of a folder of per-peer files) from its first rows: 'causal_lm' for instruction
     records, 'regression' for non-integer numeric labels, else 'classification' (also when the file does not load:
     the loader reports that)."""
-    from declora.learn.data_files import is_dataset_folder
-
     path = Path(path)
     try:
-        if path.is_dir() and not is_dataset_folder(path):
+        if path.is_dir() and not data_files.is_dataset_folder(path):
             path = presplit_files(path)[0]
         return task_of(load_examples(path, spec, max_rows=rows))
     except (ValueError, FileNotFoundError, OSError):
@@ -166,7 +133,6 @@ def sniff_task(path: str | Path, spec: DataSpec | None = None, rows: int = 50) -
 
 # ---- known layouts --------------------------------------------------------------------------------------------------
 _PARAPHRASE_COLUMNS = ({"quality", "#1 string", "#2 string"}, {"is_duplicate"})
-_COLA_MARKS = ("", "*", "?", "??", "#", "*?")  # CoLA's third column: the original judgement mark
 
 
 def known_layout(path: str | Path, spec=None) -> str | None:
@@ -201,25 +167,16 @@ def _is_number(value) -> bool:
     return True
 
 
-def looks_like_raw_cola(rows: list) -> bool:
-    return len(rows) >= 1 and all(len(r) == 4 and str(r[1]).strip() in ("0", "1") and " " not in str(r[0]).strip()
-                                  and str(r[2]).strip() in _COLA_MARKS and str(r[3]).strip() for r in rows)
-
-
 def _head_columns(path: Path, n: int = 20) -> tuple[list, list]:
     """The first row (a header or not) and up to n more rows of a table; a record file's keys and values."""
     if path.is_dir() or path.name.lower().endswith(".parquet"):
-        from declora.learn.data_files import head_records
-
-        records = head_records(path, n)
+        records = data_files.head_records(path, n)
         return (list(records[0]) if records else []), [list(r.values()) for r in records]
-    from declora.learn.data_files import format_of, json_records, read_text
-
-    kind = format_of(path)
-    text = read_text(path, None if kind == ".json" else n + 1)
+    kind = data_files.format_of(path)
+    text = data_files.read_text(path, None if kind == ".json" else n + 1)
     lines = [line for line in text.splitlines() if line.strip()]
     if kind in (".json", ".jsonl"):
-        records = json_records(text, path)[:n]
+        records = data_files.json_records(text, path)[:n]
         return (list(records[0]) if records else []), [list(r.values()) for r in records]
     rows = list(csv.reader(lines)) if kind == ".csv" else [line.split("\t") for line in lines]
     return (rows[0] if rows else []), rows[1:]

@@ -1,17 +1,87 @@
-"""From rows to examples: which row is a header, which columns hold the text and the label, what the labels mean.
-
-Shared by every format: TSV and CSV rows, and the records of JSON(L), Parquet and save_to_disk folders (their field
-names are the header). Errors name the file and the row, and say how to fix it.
+"""From rows to example fields: which row is a header, which columns hold the text and the label, what the labels
+mean (`DataSpec` says what the user told). Shared by every format: TSV and CSV rows, and the records of JSON(L),
+Parquet and save_to_disk folders (their field names are the header). Errors name the file and the row, and say how
+to fix it. The fields become examples in `examples`.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from declora.learn.examples import (LABEL_COLUMN_CHOICES, TEXT_COLUMN_CHOICES, DataSpec, Example, InstructionExample,
-                                    TextExample, looks_like_raw_cola)
+from declora.learn.data_files import TSV_QUOTING
+
+# Column names GLUE and common CSVs use; the first choice found in the header wins (pairs before singles).
+TEXT_COLUMN_CHOICES = (
+    ("sentence1", "sentence2"), ("#1 string", "#2 string"), ("question1", "question2"), ("question", "sentence"),
+    ("premise", "hypothesis"), ("text_a", "text_b"), ("sentence",), ("text",), ("review",), ("content",),
+)
+LABEL_COLUMN_CHOICES = ("label", "labels", "quality", "is_duplicate", "acceptability", "gold_label", "class",
+                        "target", "score")
+HEADER_CHOICES = ("auto", "yes", "no")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to read the user's data: the --text-columns, --label-column, --label-names, --header and --tsv-quoting of
+    the run. Columns are names or 0-based indices (as strings); empty = found by the usual names."""
+
+    text_columns: tuple[str, ...] = ()
+    label_column: str = ""
+    label_names: tuple[str, ...] = ()
+    header: str = "auto"
+    tsv_quoting: str = "auto"
+
+    @classmethod
+    def parse(cls, text_columns: str = "", label_column: str = "", label_names: str = "", header: str = "auto",
+              tsv_quoting: str = "auto") -> "DataSpec":
+        """From the config's strings (comma lists)."""
+        def items(value: str) -> tuple[str, ...]:
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+
+        return cls(items(text_columns), label_column.strip(), items(label_names), header, tsv_quoting)
+
+    def by_name(self) -> bool:
+        """Whether some column is given by name (which needs a header row)."""
+        return any(not c.isdigit() for c in (*self.text_columns, *([self.label_column] if self.label_column else [])))
+
+    def label_index(self) -> int | None:
+        return int(self.label_column) if self.label_column.isdigit() else None
+
+
+def flags_problem(text_columns: str, label_column: str, label_names: str, header: str,
+                  tsv_quoting: str) -> str | None:
+    """What is wrong with the data flags (one line that says the fix), or None."""
+    columns = [c.strip() for c in text_columns.split(",")] if text_columns.strip() else []
+    names = [n.strip() for n in label_names.split(",")] if label_names.strip() else []
+    spec = DataSpec.parse(text_columns, label_column, label_names, header, tsv_quoting)
+    for bad, message in (
+            (header not in HEADER_CHOICES, f"--header must be auto, yes or no, got {header!r}"),
+            (tsv_quoting not in TSV_QUOTING, f"--tsv-quoting must be auto, csv or none, got {tsv_quoting!r}"),
+            (not all(columns) or len(columns) > 2, f"--text-columns takes one column, or two for sentence pairs "
+                                                   f"(names or 0-based indices, comma-separated), got "
+                                                   f"{text_columns!r}"),
+            ("," in label_column, f"--label-column takes one column (a name or 0-based index), got {label_column!r}"),
+            (not all(names) or len(set(names)) < len(names), f"--label-names must be distinct non-empty names "
+                                                             f"separated by commas (e.g. negative,positive), got "
+                                                             f"{label_names!r}"),
+            (header == "no" and spec.by_name(), f"--header no: give columns by 0-based index, got --text-columns "
+                                                f"{text_columns!r} --label-column {label_column!r}; use indices or "
+                                                f"--header yes")):
+        if bad:
+            return message
+    return None
+
+
+_COLA_MARKS = ("", "*", "?", "??", "#", "*?")  # CoLA's third column: the original judgement mark
+
+
+def looks_like_raw_cola(rows: list) -> bool:
+    return len(rows) >= 1 and all(len(r) == 4 and str(r[1]).strip() in ("0", "1") and " " not in str(r[0]).strip()
+                                  and str(r[2]).strip() in _COLA_MARKS and str(r[3]).strip() for r in rows)
+
 
 KNOWN_COLUMNS = frozenset(n for choice in TEXT_COLUMN_CHOICES for n in choice) | set(LABEL_COLUMN_CHOICES) | {
     "#1 id", "#2 id", "id", "index", "idx", "qid1", "qid2"}
@@ -58,18 +128,25 @@ def _headerless_defaults(rows) -> tuple[list[int] | None, int | None]:
     label 1; two columns -> text 0, label 1."""
     if looks_like_raw_cola([fields for _, fields in rows]):
         return [3], 1
-    if rows and Counter(len(fields) for _, fields in rows).most_common(1)[0][0] == 2:
+    if rows and _width(rows) == 2:
         return [0], 1
     return None, None
 
 
-def table_examples(rows: list[tuple[int, list[str]]], raw: bool, path: Path, spec: DataSpec) -> list[TextExample]:
-    """Rows (the first included) of a TSV or CSV file -> text examples."""
+def _width(rows) -> int:
+    """A headerless file's number of columns: the most common field count of its first rows, the smaller on a tie
+    (a raw TSV's stray tab only adds fields)."""
+    counts = Counter(len(fields) for _, fields in rows[:50])
+    return max(counts, key=lambda w: (counts[w], -w))
+
+
+def text_rows(rows: list[tuple[int, list[str]]], raw: bool, path: Path, spec: DataSpec) -> list[tuple]:
+    """Rows (the first included) of a TSV or CSV file -> (text, label, text pair or None) per example."""
     if not rows:
         raise ValueError(f"{path}: empty file; it needs rows of text and label")
     header = rows[0][1] if has_header(rows, spec) else None
     body = rows[1:] if header is not None else rows
-    width = len(header) if header is not None else Counter(len(f) for _, f in body[:50]).most_common(1)[0][0]
+    width = len(header) if header is not None else _width(body)
     what = "the header has" if header is not None else "the first rows have"
     checked = []
     for number, fields in body:
@@ -81,7 +158,7 @@ def table_examples(rows: list[tuple[int, list[str]]], raw: bool, path: Path, spe
             raise ValueError(f"{path}:{number}: {len(fields)} fields, {what} {width}; {fix}")
         checked.append((number, fields))
     text_idx, label_idx = find_columns(header, width, checked, path, spec)
-    return _examples(checked, text_idx, label_idx, path, spec, where=lambda n: f"{path}:{n}")
+    return _text_rows(checked, text_idx, label_idx, spec, where=lambda n: f"{path}:{n}")
 
 
 def find_columns(header: list[str] | None, width: int, rows, path: Path, spec: DataSpec) -> tuple[list[int], int]:
@@ -131,13 +208,13 @@ def find_columns(header: list[str] | None, width: int, rows, path: Path, spec: D
     return text_idx, lowered.index(found)
 
 
-def _examples(rows, text_idx, label_idx, path, spec, where) -> list[TextExample]:
+def _text_rows(rows, text_idx, label_idx, spec, where) -> list[tuple]:
     raw_labels = [_str(fields[label_idx]) for _, fields in rows]
     to_label = label_reader(raw_labels, spec, where)
     examples = []
     for (number, fields), raw in zip(rows, raw_labels):
         texts = [_str(fields[i]) for i in text_idx]
-        examples.append(TextExample(texts[0], to_label(raw, number), texts[1] if len(texts) == 2 else None))
+        examples.append((texts[0], to_label(raw, number), texts[1] if len(texts) == 2 else None))
     return examples
 
 
@@ -169,12 +246,10 @@ def label_reader(raw_labels: list[str], spec: DataSpec, where):
     return to_index
 
 
-def record_examples(records: list[dict], path: Path, spec: DataSpec) -> list[Example]:
-    """JSON(L), Parquet or save_to_disk records: instruction records (Dolly, Alpaca), or text + label records."""
+def record_text_rows(records: list[dict], path: Path, spec: DataSpec) -> list[tuple]:
+    """JSON(L), Parquet or save_to_disk text + label records -> (text, label, text pair or None) per example."""
     if not records:
         return []
-    if "instruction" in records[0] and not spec.text_columns:
-        return [_instruction_record(r, i, path) for i, r in enumerate(records, start=1)]
     header = list(records[0])
     rows = []
     for number, record in enumerate(records, start=1):
@@ -188,14 +263,19 @@ def record_examples(records: list[dict], path: Path, spec: DataSpec) -> list[Exa
     except ValueError as e:
         raise ValueError(f"{e}; or, for instruction data, the fields instruction + response (Dolly) or "
                          f"instruction + output (Alpaca)") from None
-    return _examples(rows, text_idx, label_idx, path, spec, where=lambda n: f"{path}: record {n}")
+    return _text_rows(rows, text_idx, label_idx, spec, where=lambda n: f"{path}: record {n}")
 
 
-def _instruction_record(record: dict, number: int, path: Path) -> InstructionExample:
-    response = record.get("response", record.get("output"))
-    if response is None or "instruction" not in record:
-        raise ValueError(f"{path}: record {number} lacks {'instruction' if 'instruction' not in record else 'response'}"
-                         f": it has {sorted(record)}; expected Dolly (instruction, context, response, category) or "
-                         f"Alpaca (instruction, input, output) fields")
-    context = record.get("context", record.get("input", "")) or ""
-    return InstructionExample(str(record["instruction"]), str(response), str(context), str(record.get("category") or ""))
+def instruction_rows(records: list[dict], path: Path) -> list[tuple[str, str, str, str]]:
+    """Dolly or Alpaca records -> (instruction, response, context, category) per example."""
+    out = []
+    for number, record in enumerate(records, start=1):
+        response = record.get("response", record.get("output"))
+        if response is None or "instruction" not in record:
+            lacks = "instruction" if "instruction" not in record else "response"
+            raise ValueError(f"{path}: record {number} lacks {lacks}: it has {sorted(record)}; expected Dolly "
+                             f"(instruction, context, response, category) or Alpaca (instruction, input, output) "
+                             f"fields")
+        context = record.get("context", record.get("input", "")) or ""
+        out.append((str(record["instruction"]), str(response), str(context), str(record.get("category") or "")))
+    return out

@@ -22,6 +22,14 @@ class Workload:
     description: str  # sample count and label histogram, for the peer's log
 
 
+def data_spec(cfg: RunConfig):
+    """How to read the data files (learn.tables.DataSpec): the --text-columns, --label-column, --label-names,
+    --header and --tsv-quoting of the run."""
+    from declora.learn.tables import DataSpec
+
+    return DataSpec.parse(cfg.text_columns, cfg.label_column, cfg.label_names, cfg.header, cfg.tsv_quoting)
+
+
 def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     """(train, eval): the flags, else the shipped SST-2, else a pre-split folder's held-out file."""
     from declora.learn.examples import default_dataset, held_out_file
@@ -50,7 +58,7 @@ def check_data(cfg: RunConfig) -> None:
     if not cfg.data and not cfg.eval_data:
         return  # the shipped data
     train, evaluation = data_paths(cfg)
-    spec = cfg.data_spec()
+    spec = data_spec(cfg)
     try:
         shards = presplit_files(train) if train.is_dir() and not is_dataset_folder(train) else [train]
         loaded = [load_examples(path, spec) for path in shards + [evaluation]]
@@ -73,7 +81,7 @@ def resolve_task(cfg: RunConfig) -> str:
         return "classification"
     from declora.learn.examples import sniff_task
 
-    return cfg._memo("_task", lambda: sniff_task(cfg.data, cfg.data_spec()))
+    return cfg._memo("_task", lambda: sniff_task(cfg.data, data_spec(cfg)))
 
 
 def resolve_metric(cfg: RunConfig) -> str:
@@ -93,7 +101,7 @@ def resolve_metric(cfg: RunConfig) -> str:
     if task == "causal_lm":
         return "mc-accuracy" if getattr(cfg, "mc_eval", "") else "loss"
     # The eval file: always one file (the training data may be a folder of shards); the shipped SST-2 is neither.
-    layout = known_layout(data_paths(cfg)[1], cfg.data_spec()) if cfg.data or cfg.eval_data else None
+    layout = known_layout(data_paths(cfg)[1], data_spec(cfg)) if cfg.data or cfg.eval_data else None
     if layout == "paraphrase" and cfg.num_labels == 2:
         return "f1"
     return "mcc" if layout == "acceptability" else "accuracy"
@@ -126,7 +134,7 @@ def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union:
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)
-    spec = cfg.data_spec()
+    spec = data_spec(cfg)
     try:
         if union:
             examples = [e for shard in split_for_peers(train_path, n_shards, cfg.partition, cfg.seed, spec=spec)
@@ -193,7 +201,7 @@ def server_expectations(cfg: RunConfig):
     layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
-        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=cfg.data_spec())
+        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=data_spec(cfg))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     return layout, {i: len(shard) for i, shard in enumerate(shards)}
