@@ -147,8 +147,9 @@ def final_metrics(per_peer: dict[int, list[dict]], metric: str | None = None) ->
         final.update(accuracy_min=min(accs), accuracy_max=max(accs),
                      accuracy_per_peer={pid: r.get("eval_accuracy") for pid, r in last.items()})
     if losses:
-        final.update(loss_min=min(losses), loss_max=max(losses),
-                     perplexity_mean=mean(math.exp(min(x, 50.0)) for x in losses))
+        final.update(loss_min=min(losses), loss_max=max(losses))
+    if losses and any("eval_perplexity" in r for r in last.values()):  # causal LM: as before --metric
+        final["perplexity_mean"] = mean(math.exp(min(x, 50.0)) for x in losses)
     return final
 
 
