@@ -268,3 +268,31 @@ def test_task_auto_sniffs_the_first_rows(tmp_path):
     assert resolve_task(resolve(model="tiny-bert", data=str(reg), eval_data=str(reg))) == "regression"
     inst = jsonl(tmp_path / "inst.jsonl", [{"instruction": "Add.", "output": "2"}])
     assert resolve_task(resolve(model="tiny-bert", data=str(inst), eval_data=str(inst))) == "causal_lm"
+
+
+# ---- through the command line: one line, exit 2, before any process starts --------------------------------------------
+def one_line_error(capsys, argv: list[str]) -> str:
+    from declora.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_data_errors_are_one_line(capsys, tmp_path):
+    base = ["simulate", "--model", "tiny-bert", "--peers", "2", "--out", str(tmp_path / "run")]
+    ragged = write(tmp_path / "ragged.tsv", COLA_RAW + "gj04\t1\tonly three\n")
+    err = one_line_error(capsys, [*base, "--data", str(ragged), "--eval-data", str(ragged), "--header", "no",
+                                  "--text-columns", "3", "--label-column", "1"])
+    assert f"{ragged}:5: 3 fields" in err
+    err = one_line_error(capsys, [*base, "--header", "no", "--text-columns", "sentence"])
+    assert "--header no: give columns by 0-based index" in err
+    err = one_line_error(capsys, [*base, "--label-names", "a,a"])
+    assert "--label-names must be distinct" in err
+    scores = stsb(tmp_path / "stsb.tsv")
+    err = one_line_error(capsys, [*base, "--data", str(scores), "--eval-data", str(scores), "--task", "classification"])
+    assert "non-integer numbers" in err and "--task regression" in err
+    jl = jsonl(tmp_path / "m.jsonl", [{"sentence": "a", "label": 1}, {"sentence": "b"}])
+    err = one_line_error(capsys, [*base, "--data", str(jl), "--eval-data", str(jl)])
+    assert f"{jl}: record 2 lacks label" in err
