@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, ROOT, pyplot, write_result  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, judged_value, pyplot, write_result  # noqa: E402
 
 ATTACKS = ("none", "huge", "signflip", "nan", "noise", "drift")
 RULES = ("none", "clip", "trimmed-mean", "median")
@@ -59,8 +59,8 @@ def collect(attack: str, out: Path, wall: float, code: int) -> dict:
     for i in honest:
         path = out / "metrics" / f"peer-{i}.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if rows and "eval_accuracy" in rows[-1]:
-            accs.append(rows[-1]["eval_accuracy"])
+        if rows and judged_value(rows[-1]) is not None:
+            accs.append(judged_value(rows[-1]))
         implausible += sum(len(r.get("implausible", [])) for r in rows)
         clipped += sum(HOSTILE in r.get("clipped", []) for r in rows)
         rollbacks += rows[-1].get("rollbacks", 0) if rows else 0

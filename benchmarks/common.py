@@ -61,6 +61,13 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
+def judged_value(record: dict) -> float | None:
+    """The value, in one peer's round record, of the metric that judges the run (the record's `metric`, e.g. mcc
+    on CoLA; records written before --metric carry none and were judged by accuracy). None: not evaluated that
+    round. The benchmarks' result names say "accuracy": on their SST-2 data the judging metric is accuracy."""
+    return record.get("eval_" + record.get("metric", "accuracy").replace("-", "_"))
+
+
 # ---- the test adapter -----------------------------------------------------------------------------------------------
 def llama7b_adapter(seed, *, rank: int = 16, alpha: float = 32.0, a_std: float = 0.02, b_std: float = 0.01):
     """A random Llama-2-7B-shaped LoRA adapter: r=`rank` on q_proj and v_proj of 32 layers, i.e. 64 modules with

@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `import convergence_run` from benchmarks/: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, ROOT  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, judged_value  # noqa: E402
 from benchmarks.convergence_plan import (  # noqa: E402
     HEAD_LR, LABELS, LR, Preset, Spec, avg_eval_rounds, estimate_seconds)
 from benchmarks.convergence_report import fmt_pct  # noqa: E402
@@ -91,7 +91,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
         if not recs:
             break
         row: dict = {"round": t}
-        accs = [r["eval_accuracy"] for r in recs if r.get("eval_accuracy") is not None]
+        accs = [judged_value(r) for r in recs if judged_value(r) is not None]
         if accs:
             row.update(peer_accuracy_mean=sum(accs) / len(accs), peer_accuracy_min=min(accs),
                        peer_accuracy_max=max(accs))
