@@ -2,6 +2,7 @@
 peer from a pre-split folder), and describe what each peer got."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -176,9 +177,12 @@ def _files_for(folder: Path, n: int) -> list[Path]:
 
 def describe(examples: Sequence[Example]) -> dict:
     """Sample count and histogram of labels (or categories): what each peer logs about its share."""
-    counts = Counter(groups_of(examples))
     kind = "categories" if examples and not isinstance(examples[0], TextExample) else (
         "scores" if any(isinstance(e.label, float) for e in examples) else "labels")
+    # Scores are counted per unit interval, not by the split's quantile bins: a peer knows only its own share, and
+    # fixed intervals keep the peers' histograms comparable.
+    counts = Counter(f"{math.floor(e.label)}-{math.floor(e.label) + 1}" for e in examples) if kind == "scores" \
+        else Counter(group_of(e) for e in examples)
     return {"samples": len(examples), "kind": kind, "histogram": {str(g): counts[g] for g in sorted(counts, key=str)}}
 
 

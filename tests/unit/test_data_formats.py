@@ -170,7 +170,8 @@ def test_float_labels_load_for_regression_and_split(tmp_path):
     parts = partition_indices(examples, 4, "dirichlet:0.5", seed=1)
     flat = [i for p in parts for i in p]
     assert sorted(flat) == list(range(len(examples)))
-    assert describe(examples)["kind"] == "scores"
+    info = describe(examples)
+    assert info["kind"] == "scores" and list(info["histogram"]) == ["0-1", "1-2", "2-3", "3-4", "4-5", "5-6"]
     skewed = partition(examples, 4, "dirichlet:0.1", seed=0)
     means = [sum(e.label for e in p) / len(p) for p in skewed]
     assert max(means) - min(means) > 0.5  # the split skews over the score bins
