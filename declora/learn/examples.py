@@ -96,7 +96,7 @@ def load_examples(path: str | Path, spec: DataSpec | None = None, *, text_column
     spec = replace(spec, **overrides) if overrides else spec
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise FileNotFoundError(f"data file {path} does not exist; check the path given to --data / --eval-data")
     kind = data_files.format_of(path) if not path.is_dir() or data_files.is_dataset_folder(path) else None
     if kind is None:
         raise ValueError(f"{path} is a folder: give a file or a datasets save_to_disk folder, or use the 'files' "
