@@ -161,6 +161,11 @@ def load_saved_adapter(spec: ModelSpec, adapter_dir: str | Path, device: torch.d
     return model, tokenizer
 
 
+# Only for model types that peft's table has no entry for (peft 0.21 lists no DistilBERT); the same choice as
+# peft's for their relatives: the attention query and value projections.
+TARGETS_PEFT_LACKS = {"distilbert": ("q_lin", "v_lin")}
+
+
 def default_targets(model: nn.Module) -> list[str]:
     """The LoRA target module names for this architecture from peft's own table (mostly the LoRA paper's attention
     query and value projections; GPT-2's fused c_attn, GPT-NeoX's query_key_value), or an error listing the linear
@@ -168,7 +173,7 @@ def default_targets(model: nn.Module) -> list[str]:
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_table
 
     model_type = getattr(model.config, "model_type", "")
-    targets = peft_table.get(model_type)
+    targets = peft_table.get(model_type) or TARGETS_PEFT_LACKS.get(model_type)
     if not targets:
         raise ValueError(f"no default LoRA target modules for model type {model_type!r}; pass target_modules "
                          f"(--target-modules) from its linear modules: {', '.join(linear_module_names(model))}")
