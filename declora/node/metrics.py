@@ -64,7 +64,7 @@ def read_run_metrics(run_dir: str | Path) -> dict[int, list[dict]]:
 
 
 # Eval keys that count something rather than measure the model: no means of these in the tables.
-_COUNTS = ("eval_samples", "eval_tokens")
+COUNT_KEYS = ("eval_samples", "eval_tokens", "eval_mc_questions")
 
 
 def eval_key(records: list[dict], metric: str | None = None) -> str | None:
@@ -92,7 +92,7 @@ def eval_keys(records: list[dict]) -> list[str]:
     """Every eval metric the records carry, in first-seen order."""
     keys: dict[str, None] = {}
     for r in records:
-        keys.update((k, None) for k, v in r.items() if k.startswith("eval_") and k not in _COUNTS
+        keys.update((k, None) for k, v in r.items() if k.startswith("eval_") and k not in COUNT_KEYS
                     and isinstance(v, (int, float)) and not isinstance(v, bool))
     return list(keys)
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig
+from declora.node.metrics import COUNT_KEYS
 
 INSTALL_HINT = "--report-to tensorboard needs the tensorboard package: pip install -e .[tensorboard]"
 
@@ -50,7 +51,7 @@ def _scalars(record: dict, suffix: str = "") -> dict[str, float]:
             out[tag] = float(value)
     for key, value in record.items():
         if key.startswith("eval_") and key.endswith(suffix) and isinstance(value, (int, float)) \
-                and not isinstance(value, bool) and not key.startswith(("eval_samples", "eval_tokens")):
+                and not isinstance(value, bool) and not key.startswith(COUNT_KEYS):
             out["eval/" + key[len("eval_"): len(key) - len(suffix)]] = float(value)
     return out
 
