@@ -214,7 +214,7 @@ RUN_COMMANDS = {
                     "NODE_RANK*L .. NODE_RANK*L+L-1, L = LOCAL_WORLD_SIZE or one per GPU.", "run", "_run_launch_node"),
     "worker": ("run one peer under torchrun or srun (peers find each other through the launcher's rendezvous)",
                "Run one gossip peer started by torchrun (`torchrun --nnodes N --nproc-per-node L -m "
-               "declora.node.worker ...`) or SLURM (`srun -n N declora worker ...`): peer RANK of WORLD_SIZE, "
+               "declora.worker ...`) or SLURM (`srun -n N declora worker ...`): peer RANK of WORLD_SIZE, "
                "endpoints and CURVE public keys exchanged through the launcher's TCPStore; rank 0 writes the "
                "summary.", "run", "_run_worker"),
     "server": ("run the parameter-server baseline process (fedit, flora, flexlora, zeropad)",
@@ -283,7 +283,7 @@ def _run_peer(args) -> int:
 
 
 def _run_worker(args) -> int:
-    from declora.node.worker import run_from_args
+    from declora.worker import run_from_args
 
     return run_from_args(args)
 

@@ -1,4 +1,4 @@
-"""One peer started by a cluster launcher: `torchrun ... -m declora.node.worker` or `srun ... declora worker`.
+"""One peer started by a cluster launcher: `torchrun ... -m declora.worker` or `srun ... declora worker`.
 
 The launcher decides who is who: this process is peer RANK of WORLD_SIZE (`--peers` is the world size). Peers find
 each other through the launcher's rendezvous store (declora.node.rendezvous), so no address book or host list is
@@ -19,7 +19,7 @@ from declora.config import ConfigError, RunConfig, add_flags, write_run_config
 from declora.node import rendezvous
 from declora.node.neighbourhood import neighbourhood_for
 
-log = logging.getLogger("declora.node.worker")
+log = logging.getLogger("declora.worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     if slot is None:
         print("declora worker: error: not started by torchrun or srun (no RANK/MASTER_ADDR or SLURM_PROCID); start "
-              "it with `torchrun --nnodes N --nproc-per-node L -m declora.node.worker ...` or `srun -n N declora "
+              "it with `torchrun --nnodes N --nproc-per-node L -m declora.worker ...` or `srun -n N declora "
               "worker ...`, or use `declora launch-node` with an address book", file=sys.stderr)
         return 2
     if args.peers is not None and args.peers != slot.world:

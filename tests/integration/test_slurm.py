@@ -37,7 +37,7 @@ def test_srun_starts_four_peers_that_find_each_other(tmp_path, slurm_cluster):
     env = {**os.environ, "SLURM_CONF": str(slurm_cluster), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "DECLORA_STORE_PORT": str(free_loopback_ports(1)[0])}
     out = tmp_path / "run"
-    cmd = ["srun", "-n", "4", "--export=ALL", sys.executable, "-m", "declora.node.worker", "--model", "tiny-bert",
+    cmd = ["srun", "-n", "4", "--export=ALL", sys.executable, "-m", "declora.worker", "--model", "tiny-bert",
            "--data", str(train), "--eval-data", str(dev), "--rounds", "3", "--local-steps", "1", "--batch-size", "8",
            "--max-length", "32", "--threads", "1", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)

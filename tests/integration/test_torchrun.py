@@ -26,7 +26,7 @@ def test_two_torchrun_nodes_discover_each_other_and_train(tmp_path):
     procs = []
     for node in range(2):
         cmd = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "declora-test", "-m", "declora.node.worker",
+               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "declora-test", "-m", "declora.worker",
                "--model", "tiny-bert", "--data", str(train), "--eval-data", str(dev), "--rounds", "3",
                "--local-steps", "1", "--batch-size", "8", "--max-length", "32", "--threads", "1",
                "--topology", "ring", "--out", str(tmp_path / f"node{node}")]
@@ -53,6 +53,6 @@ def test_worker_outside_a_launcher_is_one_line(tmp_path):
                           text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "torchrun or srun" in proc.stderr
     env.update(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
-    proc = subprocess.run([sys.executable, "-m", "declora.node.worker", "--peers", "3", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "declora.worker", "--peers", "3", "--out", str(tmp_path)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "--peers 3 but the launcher started 2 workers" in proc.stderr
