@@ -60,7 +60,7 @@ def test_tensorboard_scalars_of_a_record_and_of_a_row():
     assert _scalars(round_table(PER_PEER)[1], suffix="_mean")["eval/mcc"] == pytest.approx(0.4)
 
 
-def data_args(tmp_path, header: str = "sentence\tlabel") -> dict:
+def data_args(tmp_path) -> dict:
     train = write_sst_tsv(tmp_path / "train.tsv", sentiment_rows(2))
     return {"data": str(train), "eval_data": str(train), "model": "tiny-bert", "out": str(tmp_path / "run")}
 
@@ -96,3 +96,11 @@ def test_reference_reads_the_same_metric_of_a_finished_run(tmp_path):
     assert load_reference(cfg, "accuracy")["value"] == 0.9
     assert load_reference(cfg, "mcc") == {"run": str(ref), "mode": "centralized", "metric": "mcc", "value": 0.7}
     assert load_reference(cfg, "f1")["value"] is None
+
+
+def test_missing_tensorboard_is_one_line_with_the_install_hint(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what `import` sees without the package
+    with pytest.raises(ConfigError, match=r"pip install -e \.\[tensorboard\]"):
+        check_reporting(resolve(**data_args(tmp_path), report_to="tensorboard"))
