@@ -85,6 +85,9 @@ def test_auto_metric_per_task_and_layout(tmp_path):
     assert resolve_metric(resolve(data=str(mrpc), eval_data=str(mrpc), model="tiny-bert")) == "f1"
     assert resolve_metric(resolve(task="regression", model="tiny-bert", data=str(mrpc), eval_data=str(mrpc))) \
         == "pearson"
+    cola = tmp_path / "cola.tsv"  # CoLA's raw layout: source, label, original mark, sentence; no header
+    cola.write_text("".join(f"gj04\t{i % 2}\t{'*' if i % 2 == 0 else ''}\tsentence number {i} .\n" for i in range(10)))
+    assert resolve_metric(resolve(data=str(cola), eval_data=str(cola), model="tiny-bert")) == "mcc"
 
 
 def test_reference_reads_the_same_metric_of_a_finished_run(tmp_path):
