@@ -119,7 +119,7 @@ def test_missing_or_invalid_model_paths_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="no weights"):
         build_model(ModelSpec(str(tmp_path)), 4, 8)
     with pytest.raises(ValueError, match="task must be"):
-        ModelSpec("tiny-bert", task="regression")
+        ModelSpec("tiny-bert", task="ranking")
 
 
 def test_missing_demo_model_package_says_how_to_install(monkeypatch):
