@@ -4,7 +4,7 @@
 - core/   imports only core/; never zmq, msgpack, peft or transformers;
 - wire/   imports core/ and wire/; the only folder that imports zmq; never peft or transformers;
 - learn/  imports core/ and learn/; the only folder that imports peft or transformers; never zmq or msgpack;
-- config.py imports core/, wire/ and learn/ (the choices it offers belong to those modules);
+- config/ imports core/, wire/ and learn/ (the choices it offers belong to those modules);
 - node/   imports everything but the top-level commands (launch, cli);
 - launch, cli: anything.
 No import cycles anywhere in the package.

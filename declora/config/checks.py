@@ -1,0 +1,98 @@
+"""Checking a run config: every bad value stops the command with one line that says what is wrong and how to fix
+it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from declora.config.fields import MODES, SERVER_AGGREGATIONS, ConfigError, RunConfig
+from declora.core.attacks import ATTACKS
+from declora.core.codecs import CODEC_NAMES
+from declora.core.mixing import MIXING_RULES
+from declora.core.robust import ROBUST_RULES, RobustRule
+from declora.core.strategies import STRATEGIES, get_strategy
+from declora.learn.metrics import metric_problem
+from declora.learn.model import TASKS
+from declora.learn.tables import flags_problem
+from declora.learn.training import SCHEDULES
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(cfg.peers >= 1, f"--peers must be >= 1, got {cfg.peers}")
+    need(cfg.mode == "centralized" or cfg.peers >= 2 or cfg.server, "--peers must be >= 2 for a decentralized run")
+    need(cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}")
+    need(cfg.local_steps >= 1, f"--local-steps must be >= 1, got {cfg.local_steps}")
+    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
+    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0 (0 = all), got {cfg.keep_checkpoints}")
+    need(cfg.eval_every >= 1, f"--eval-every must be >= 1, got {cfg.eval_every}")
+    need(cfg.server in ("",) + SERVER_AGGREGATIONS,
+         f"--server must be one of {', '.join(SERVER_AGGREGATIONS)} (or empty for gossip), got {cfg.server!r}")
+    need(cfg.task in ("auto", *TASKS), f"--task must be auto, {' or '.join(TASKS)}, got {cfg.task!r}")
+    problem = metric_problem(cfg.metric, cfg.task, cfg.num_labels)  # --report-to and --reference: node.report
+    need(problem is None, problem or "")
+    need(cfg.schedule in SCHEDULES, f"--schedule must be {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    for name, value, choices in (("mode", cfg.mode, MODES), ("codec", cfg.codec, CODEC_NAMES),
+                                 ("mixing", cfg.mixing, MIXING_RULES)):
+        need(value in choices, f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+    try:
+        ranks = cfg.rank_list()
+    except ValueError:
+        raise ConfigError(f"--ranks must be integers like 8 or 8,8,4,4, got {cfg.ranks!r}") from None
+    need(len(ranks) == cfg.peers, f"{cfg.ranks_origin()} gives {len(ranks)} ranks for {cfg.peers} peers; give one value "
+                                  f"or one per peer (--ranks)")
+    need(all(r >= 1 for r in ranks), f"--ranks must all be >= 1, got {cfg.ranks!r}")
+    rule = cfg.server or (cfg.mode if cfg.mode != "centralized" else "")
+    if rule and get_strategy(rule).equal_ranks and len(set(ranks)) > 1:
+        others = [n for n in (SERVER_AGGREGATIONS if cfg.server else STRATEGIES) if not get_strategy(n).equal_ranks]
+        what, flag = (f"--server {cfg.server}", "--server") if cfg.server else (cfg.mode, "--mode")
+        raise ConfigError(f"{what} averages A and B, so ranks must match, but {cfg.ranks_origin()} gives "
+                          f"{','.join(map(str, ranks))}; use {flag} {', '.join(others[:-1])} or {others[-1]} for "
+                          f"heterogeneous ranks, or one --ranks value")
+    need(cfg.robust in ROBUST_RULES, f"--robust must be one of {', '.join(ROBUST_RULES)}, got {cfg.robust!r}")
+    need(cfg.robust_trim >= 0, f"--robust-trim must be >= 0, got {cfg.robust_trim}")
+    need(cfg.plausible_ratio == 0 or cfg.plausible_ratio > 1,
+         f"--plausible-ratio must be > 1, or 0 to turn the check off, got {cfg.plausible_ratio}")
+    if cfg.robust != "none" and cfg.mode != "centralized" and not cfg.server:
+        try:
+            RobustRule(cfg.robust, cfg.robust_trim).check_mode(cfg.mode, get_strategy(cfg.mode).equal_ranks)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    need(cfg.attack in ATTACKS, f"--attack must be one of {', '.join(ATTACKS)}, got {cfg.attack!r}")
+    try:
+        hostile = cfg.attacker_ids()
+    except ValueError:
+        raise ConfigError(f"--attackers must be peer ids like 3 or 1,5, got {cfg.attackers!r}") from None
+    need(all(0 <= i < cfg.peers for i in hostile), f"--attackers must be peer ids in 0..{cfg.peers - 1}, "
+                                                   f"got {cfg.attackers!r}")
+    need(cfg.attack == "none" or hostile, f"--attack {cfg.attack} needs --attackers (which peers attack)")
+    need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
+    need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
+         f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")
+    if cfg.keys:
+        need(Path(cfg.keys).is_dir(), f"--keys {cfg.keys}: no such folder; make keys with `declora keys make --peers "
+                                      f"{cfg.peers + bool(cfg.server)} --out {cfg.keys}`")
+    if cfg.mode != "centralized" and not cfg.server:
+        _check_topology(cfg)
+    problem = flags_problem(cfg.text_columns, cfg.label_column, cfg.label_names, cfg.header, cfg.tsv_quoting)
+    need(problem is None, problem or "")
+    need(cfg.mc_scoring in ("letter", "text"), f"--mc-scoring must be letter or text, got {cfg.mc_scoring!r}")
+    for path_field in ("model", "data", "eval_data", "mc_eval"):
+        value = getattr(cfg, path_field)
+        if value and not value.startswith("tiny-") and not Path(value).exists():
+            raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")
+    return cfg
+
+
+def _check_topology(cfg: RunConfig) -> None:
+    from declora.core.graphs import TopologyError
+
+    try:
+        n = cfg.gossip_topology().n
+    except TopologyError as e:
+        raise ConfigError(str(e)) from None
+    if n != cfg.peers:
+        raise ConfigError(f"the topology {cfg.topology} has {n} nodes but --peers is {cfg.peers}")

@@ -1,0 +1,190 @@
+"""The run config's fields: one frozen dataclass whose fields are the command-line flags and the TOML keys, each
+declared once with its default and its help string, and the values derived from them (ranks, topology)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from declora.core.attacks import ATTACKS
+from declora.core.codecs import CODEC_NAMES
+from declora.core.mixing import MIXING_RULES
+from declora.core.robust import ROBUST_RULES
+from declora.core.strategies import SERVER_ALIASES, STRATEGIES
+from declora.learn.metrics import METRICS
+
+# The choices come from the modules that own them: a new strategy, codec or mixing rule is a new choice here.
+MODES = (*STRATEGIES, "centralized")
+SERVER_AGGREGATIONS = tuple(SERVER_ALIASES)
+DEFAULT_RANK = 8  # LoRA rank when neither --ranks nor the topology file gives one
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # What to train, on what.
+    model: str = _opt("", "local Hugging Face checkpoint folder; empty = the pretrained MiniLM-L6 of the demo extra")
+    task: str = _opt("auto", "classification | causal_lm | regression | auto (from the data's first rows)")
+    data: str = _opt("", "training data (TSV/CSV/JSON(L)/Parquet/save_to_disk folder, or a folder of per-peer files)")
+    eval_data: str = _opt("", "evaluation data; empty = shipped SST-2 dev (or a held-out slice of --data)")
+    text_columns: str = _opt("", "text column(s), names or 0-based indices (two: a pair); empty = by usual names")
+    label_column: str = _opt("", "label column, a name or 0-based index; empty = by usual names (label, score ...)")
+    label_names: str = _opt("", "comma list: label i is the i-th name (string labels map to their position)")
+    header: str = _opt("auto", "TSV/CSV header row: auto | yes | no (README: Bring your own data)")
+    tsv_quoting: str = _opt("auto", "TSV fields: auto | csv (quoted, as pandas to_csv writes) | none (raw GLUE)")
+    mc_eval: str = _opt("", "causal LM: multiple-choice questions scored by the model's likelihood of each option, "
+                            "besides the eval loss: an MMLU CSV, a folder of them, or FLoRA's evaluation JSON")
+    mc_scoring: str = _opt("letter", "multiple-choice scoring: letter (likelihood of A/B/C/D) | text (mean "
+                                     "likelihood per token of each option's text)", choices=("letter", "text"))
+    num_labels: int = _opt(2, "number of classes for classification")
+    target_modules: str = _opt("", "comma-separated LoRA target modules; empty = the architecture's default")
+    max_length: int = _opt(64, "tokens per example (truncation)")
+    # The network.
+    peers: int = _opt(4, "number of peers")
+    topology: str = _opt("ring", "topology spec (ring, ring:8, torus:4x4, exp:16, er:16:0.3:1 ...) or a topology file; "
+                                 "a bare kind gets the peer count")
+    mixing: str = _opt("metropolis", "mixing weights: metropolis | maxdegree | laplacian", choices=MIXING_RULES)
+    mode: str = _opt("gossip", "aggregation: gossip | stack | svd | zeropad | centralized", choices=MODES)
+    server: str = _opt("", "run the parameter-server baseline instead of gossip: fedit | flora | flexlora | zeropad")
+    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODEC_NAMES)
+    block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
+    stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
+    error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
+    # Defence against hostile neighbours (declora.core.robust, declora.core.plausibility).
+    robust: str = _opt("none", "robust mixing: none | clip (ClippedGossip, every mode) | trimmed-mean | median "
+                               "(coordinate-wise, gossip only)", choices=ROBUST_RULES)
+    robust_trim: int = _opt(1, "neighbours per round that robust mixing assumes may be hostile")
+    plausible_ratio: float = _opt(10.0, "drop a received adapter whose norm is over this many times the larger of "
+                                        "our own and the recent accepted ones (0 = off)")
+    attack: str = _opt("none", "for robustness tests and benchmarks only: the --attackers send poison instead of "
+                               "their adapter: none | huge | signflip | nan | noise | drift", choices=ATTACKS)
+    attackers: str = _opt("", "comma-separated ids of the peers that --attack")
+    # The adapter.
+    ranks: str = _opt("", "LoRA rank, one value for every peer or a comma list per peer (e.g. 8,8,4,4); empty = the "
+                          "topology file's per-node 'rank' where it gives one, else 8")
+    alpha: float = _opt(16.0, "LoRA alpha (scaling alpha/r)")
+    rslora: bool = _opt(False, "rank-stabilized scaling alpha/sqrt(r)")
+    # Training.
+    partition: str = _opt("dirichlet:0.5", "how the data is split: iid | dirichlet:ALPHA | labelskew:K | files")
+    # The defaults are the demo run (4 peers x 150 steps of 32, Dirichlet(0.5) SST-2): few local steps per round keep
+    # non-IID drift small, and gossip averages the peers' steps, so it takes a higher rate than one process would.
+    # The measurements behind these choices are in benchmarks/README.md ("Figures measured during development").
+    rounds: int = _opt(30, "communication rounds")
+    local_steps: int = _opt(5, "local optimizer steps per round")
+    batch_size: int = _opt(32, "examples per step")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    group_by_length: bool = _opt(False, "batches of similar-length examples: less padding, faster steps (Hugging "
+                                        "Face's group_by_length)")
+    lr: float = _opt(4e-3, "AdamW learning rate of the LoRA factors")
+    head_lr: float = _opt(1e-2, "learning rate of the other trainable tensors (classifier head); 0 = same as --lr")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    schedule: str = _opt("cosine", "learning-rate schedule: constant | linear | cosine")
+    warmup_steps: int = _opt(0, "linear warm-up steps")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (0 = off)")
+    eval_every: int = _opt(5, "evaluate every E rounds (the last round is always evaluated)")
+    eval_samples: int = _opt(0, "evaluate on the first N eval examples during the run (0 = all); the final eval uses all")
+    seed: int = _opt(0, "random seed (data split, initialisation, batches)")
+    # Processes and devices.
+    gpus: str = _opt("", "comma-separated CUDA device ids, peers round-robin over them; empty = all visible")
+    cpu: bool = _opt(False, "force CPU even when CUDA is present")
+    threads: int = _opt(0, "torch threads per peer process (0 = cores / peers on this host, at least 1)")
+    deadline_s: float = _opt(300.0, "seconds a round waits for its neighbours before mixing what arrived")
+    start_timeout_s: float = _opt(300.0, "seconds a peer waits for its neighbours to come up before round 0")
+    heartbeat_s: float = _opt(2.0, "liveness: a quiet neighbour gets a ping after this many seconds")
+    missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
+    fault_tolerant: bool = _opt(False, "keep going when a peer dies (the others renormalize); else stop and fail")
+    # Wire and security.
+    hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node)")
+    base_port: int = _opt(0, "first TCP port; peer i listens on base_port + i (0 = free loopback ports)")
+    peers_per_node: int = _opt(0, "peers per node for --hosts (0 = peers / number of hosts)")
+    keys: str = _opt("", "folder made by `declora keys make`: enables CurveZMQ")
+    insecure: bool = _opt(False, "plain text: simulate makes no CURVE keys for the run, and non-loopback addresses "
+                                 "are allowed without keys (never on an untrusted network)")
+    # Output.
+    out: str = _opt("runs/latest", "output folder (config, metrics, adapters, plots, summary)")
+    resume: bool = _opt(False, "continue from the checkpoints in --out")
+    save_adapters: bool = _opt(True, "save every peer's final adapter with save_pretrained")
+    metric: str = _opt("auto", "the metric that judges the run (progress, summary, plots, benchmarks); auto = accuracy "
+                               "(f1 for paraphrase data, mcc for acceptability), pearson for regression, eval loss for "
+                               "causal LM", choices=("auto", *METRICS))
+    report_to: str = _opt("", "also log to: tensorboard (OUT/tensorboard; needs pip install -e .[tensorboard])")
+    reference: str = _opt("", "a finished centralized run's folder whose final metric is drawn as a reference line and "
+                              "reported next to this run's")
+    keep_checkpoints: int = _opt(2, "rounds of checkpoints each peer keeps (0 = all, e.g. to evaluate the average "
+                                    "model of every round afterwards; costs disk)")
+
+    # ---- derived values -----------------------------------------------------------------------------------------
+    def attacker_ids(self) -> list[int]:
+        return [int(x) for x in self.attackers.split(",") if x.strip()]
+
+    def rank_list(self) -> list[int]:
+        """Every peer's LoRA rank: --ranks when given (it wins over a topology file), else the topology file's
+        per-node `rank` (DEFAULT_RANK for nodes without one), else DEFAULT_RANK for all. Resolved once per config."""
+        return list(self._memo("_ranks", self._resolve_ranks))
+
+    def gossip_topology(self):
+        """The gossip graph (core.topology.Topology), loaded once per config; raises TopologyError."""
+        from declora.core.topology_files import load_topology
+
+        return self._memo("_topology", lambda: load_topology(self.topology_spec()))
+
+    def _memo(self, key: str, make):
+        # A frozen dataclass: derived values are cached straight into the instance dict, outside the fields.
+        if key not in self.__dict__:
+            object.__setattr__(self, key, make())
+        return self.__dict__[key]
+
+    def _resolve_ranks(self) -> list[int]:
+        values = [int(v) for v in str(self.ranks).split(",") if v.strip()]
+        if not values:
+            return self.topology_file_ranks() or [DEFAULT_RANK] * self.peers
+        if len(values) == 1:
+            return values * self.peers
+        return values
+
+    def topology_file_ranks(self) -> list[int] | None:
+        """The ranks a topology file's nodes carry (None: not a file, unreadable, or no node has a rank; a bad file
+        is reported by the topology check, with its own message)."""
+        if not Path(self.topology).is_file():
+            return None
+        from declora.core.graphs import TopologyError
+        from declora.core.topology_files import load_topology_file
+
+        try:
+            nodes = load_topology_file(self.topology).nodes
+        except TopologyError:
+            return None
+        if all(node.rank is None for node in nodes):
+            return None
+        return [node.rank or DEFAULT_RANK for node in nodes]
+
+    def ranks_origin(self) -> str:
+        return "--ranks" if str(self.ranks).strip() else (
+            f"the 'rank' of the nodes in {self.topology}" if self.topology_file_ranks() else "the default rank")
+
+    def topology_spec(self) -> str:
+        spec = self.topology
+        if ":" not in spec and not Path(spec).exists() and "." not in spec:
+            spec = f"{spec}:{self.peers}"
+        return spec
+
+    def gpu_list(self) -> list[int] | None:
+        return [int(g) for g in self.gpus.split(",") if g.strip()] or None
+
+    def host_list(self) -> list[str]:
+        return [h.strip() for h in self.hosts.split(",") if h.strip()]
+
+    @property
+    def server_id(self) -> int:
+        """The parameter server, when there is one, takes the id after the last client."""
+        return self.peers
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message says what is wrong and how to fix it."""
