@@ -6,6 +6,7 @@ ZeroMQ over TCP. The launcher never touches tensors: it reads the peers' metrics
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from declora.config import ConfigError, RunConfig, make_out_dir, write_run_confi
 from declora.node.addressbook import free_loopback_ports, write_addresses
 from declora.node.checkpoint import common_rounds, saved_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
+from declora.node.netns import EmulatedHosts, NetnsError, remove_stale
 from declora.node.report import check_reporting, end_table, final_line, load_reference
 from declora.node.tensorboard_log import write_run_board
 from declora.node.transports import check_links
@@ -27,6 +29,7 @@ from declora.node.workload import check_data, resolve_metric
 from declora.wire.security import generate_keys
 
 POLL_S = 0.5
+NETNS_BASE_PORT = 20000  # process i of a run on emulated hosts listens on this + i (a fresh namespace has all free)
 
 
 def process_ids(cfg: RunConfig) -> list[int]:
@@ -132,15 +135,19 @@ class PeerProcesses:
                 p.wait()
 
 
-def prepare_run_dir(cfg: RunConfig, ephemeral_keys: bool = False) -> tuple[RunConfig, Path]:
-    """Create DIR, choose loopback ports when none were given, make the run's own CURVE keys (`ephemeral_keys`,
-    unless --keys or --insecure), write the resolved config and addresses."""
+def prepare_run_dir(cfg: RunConfig, ephemeral_keys: bool = False, hosts: EmulatedHosts | None = None) \
+        -> tuple[RunConfig, Path]:
+    """Create DIR, choose loopback ports when none were given (or the emulated hosts' addresses), make the run's own
+    CURVE keys (`ephemeral_keys`, unless --keys or --insecure), write the resolved config and addresses."""
     run_dir = make_out_dir(cfg)
     config_path = run_dir / "config.json"
     ids = process_ids(cfg)
     # Resume with the same ports (and keys) so that the peers' saved addresses stay right.
     reuse = cfg.resume and config_path.exists() and (run_dir / "addresses.json").exists()
-    if not reuse and not cfg.hosts and not cfg.base_port:
+    if hosts is not None:  # fresh namespaces have every port free; their subnet is new each run
+        write_addresses(run_dir, {pid: f"tcp://{hosts.address(host_of(cfg, pid))}:{NETNS_BASE_PORT + pid}"
+                                  for pid in ids})
+    elif not reuse and not cfg.hosts and not cfg.base_port:
         ports = free_loopback_ports(len(ids))
         write_addresses(run_dir, {pid: f"tcp://127.0.0.1:{port}" for pid, port in zip(ids, ports)})
     if ephemeral_keys and not reuse and not cfg.keys and not cfg.insecure and cfg.mode != "centralized":
@@ -171,14 +178,38 @@ def child_env() -> dict:
 
 
 def simulate(cfg: RunConfig, out=None) -> int:
-    """Run every process of the run on this host; return the exit status for the command."""
+    """Run every process of the run on this host (on emulated hosts with --hosts netns:K); return the exit status."""
     check_data(cfg)
     check_reporting(cfg)
-    cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True)
-    return run_processes(cfg, config_path, process_ids(cfg), out=out)
+    with emulated_hosts(cfg) as hosts:
+        cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True, hosts=hosts)
+        return run_processes(cfg, config_path, process_ids(cfg), out=out, hosts=hosts)
 
 
-def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None) -> int:
+@contextlib.contextmanager
+def emulated_hosts(cfg: RunConfig):
+    """The network namespaces of --hosts netns:K for the length of the run (None without it); always removed."""
+    if not cfg.emulated_hosts():
+        yield None
+        return
+    removed = remove_stale()
+    if removed:
+        print(f"declora: removed {len(removed)} namespaces left by killed runs", file=sys.stderr)
+    try:
+        hosts = EmulatedHosts(cfg.emulated_hosts(), cfg.host_mbit)
+    except NetnsError as e:
+        raise ConfigError(f"--hosts {cfg.hosts}: {e}; run as root on Linux with iproute2, or drop --hosts") from None
+    with hosts:
+        yield hosts
+
+
+def host_of(cfg: RunConfig, pid: int) -> int:
+    """The emulated host of process `pid`: round robin, so that ring and torus neighbours sit on different hosts."""
+    return pid % cfg.emulated_hosts()
+
+
+def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
+                  hosts: EmulatedHosts | None = None) -> int:
     out = out or sys.stdout  # looked up now, not at import: tests swap sys.stdout
     run_dir = Path(cfg.out)
     threads = threads_per_process(cfg, len(ids))
@@ -208,7 +239,8 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None) -
     try:
         for pid in ids:  # inside the try: a signal during start-up stops the peers started so far
             role = "server" if is_server(cfg, pid) else "peer"
-            procs.start(pid, peer_command(config_path, pid, threads, role, resume_round), env)
+            prefix = hosts.exec_prefix(host_of(cfg, pid)) if hosts else []
+            procs.start(pid, prefix + peer_command(config_path, pid, threads, role, resume_round), env)
         while True:
             for pid, code in procs.failures().items():
                 if pid in dead_reported:
@@ -290,6 +322,8 @@ def describe(cfg: RunConfig) -> str:
         return f"centralized, {cfg.rounds} rounds x {cfg.local_steps * cfg.peers} steps"
     what = f"server {cfg.server}" if cfg.server else f"{cfg.mode} on {cfg.topology_spec()}"
     wire = "CURVE" if cfg.keys else "plain text"
+    if cfg.emulated_hosts():
+        wire += f" on {cfg.emulated_hosts()} emulated hosts" + (f" at {cfg.host_mbit:g} Mbit/s" if cfg.host_mbit else "")
     return f"{cfg.peers} peers, {what}, codec {cfg.codec} over {wire}, {cfg.rounds} rounds x {cfg.local_steps} steps"
 
 

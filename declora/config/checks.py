@@ -69,6 +69,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(all(0 <= i < cfg.peers for i in hostile), f"--attackers must be peer ids in 0..{cfg.peers - 1}, "
                                                    f"got {cfg.attackers!r}")
     need(cfg.attack == "none" or hostile, f"--attack {cfg.attack} needs --attackers (which peers attack)")
+    if cfg.hosts.strip().startswith("netns"):
+        need(1 <= cfg.emulated_hosts() <= 200, f"--hosts netns:K needs K in 1..200 emulated hosts, got {cfg.hosts!r}")
+    need(cfg.host_mbit >= 0, f"--host-mbit must be >= 0 (0 = no cap), got {cfg.host_mbit}")
+    need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

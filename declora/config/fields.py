@@ -97,7 +97,11 @@ class RunConfig:
     missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
     fault_tolerant: bool = _opt(False, "keep going when a peer dies (the others renormalize); else stop and fail")
     # Wire and security.
-    hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node)")
+    hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node); "
+                          "or, for simulate, netns:K: K emulated hosts (network namespaces, needs root), peer i on "
+                          "host i mod K")
+    host_mbit: float = _opt(0.0, "with --hosts netns:K: each emulated host's link in Mbit/s, each way (tc tbf; 0 = "
+                                 "no cap)")
     base_port: int = _opt(0, "first TCP port; peer i listens on base_port + i (0 = free loopback ports)")
     peers_per_node: int = _opt(0, "peers per node for --hosts (0 = peers / number of hosts)")
     keys: str = _opt("", "folder made by `declora keys make`: enables CurveZMQ")
@@ -173,6 +177,11 @@ class RunConfig:
 
     def gpu_list(self) -> list[int] | None:
         return [int(g) for g in self.gpus.split(",") if g.strip()] or None
+
+    def emulated_hosts(self) -> int:
+        """K of --hosts netns:K (0: real hosts, or none)."""
+        kind, _, k = self.hosts.strip().partition(":")
+        return int(k) if kind == "netns" and k.isdigit() else 0
 
     def host_list(self) -> list[str]:
         return [h.strip() for h in self.hosts.split(",") if h.strip()]

@@ -65,6 +65,9 @@ def address_book(cfg: RunConfig, topology, run_dir: str | Path | None = None, n_
     nodes = {node.id: (node.host, node.port) for node in getattr(topology, "nodes", ()) if node.host and node.port}
     if nodes and all(i in nodes for i in range(n_ids)):
         return {i: f"tcp://{nodes[i][0]}:{nodes[i][1]}" for i in range(n_ids)}
+    if cfg.emulated_hosts():
+        raise ConfigError(f"--hosts {cfg.hosts} is for `declora simulate`, which makes the namespaces and writes "
+                          f"{Path(run_dir or cfg.out) / ADDRESSES_FILE}; other commands take real host names")
     hosts = cfg.host_list()
     if hosts:
         if not cfg.base_port:

@@ -1,6 +1,7 @@
 """Emulated hosts: network namespaces joined by a bridge, private addresses, a tbf cap each way; always removed."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -52,3 +53,33 @@ def test_uncapped_hosts_and_stale_namespaces():
     subprocess.run(["ip", "netns", "add", stale], check=True)
     assert stale in netns.remove_stale()
     assert stale not in namespaces()
+
+
+def test_simulate_spreads_peers_over_emulated_hosts_with_capped_links(tmp_path):
+    from tests.integration.test_simulate import classification_args, ok, simulate
+
+    before = namespaces()
+    proc, out = simulate(tmp_path, *classification_args(tmp_path), "--peers", "3", "--hosts", "netns:3",
+                         "--host-mbit", "100")
+    ok(proc)
+    assert "on 3 emulated hosts at 100 Mbit/s" in proc.stdout and "CURVE" in proc.stdout
+    book = json.loads((out / "addresses.json").read_text())
+    hosts = {endpoint.split("//")[1].rsplit(":", 1)[0] for endpoint in book.values()}
+    assert len(hosts) == 3 and all(h.startswith("10.") for h in hosts)  # one private address per host
+    for i in range(3):
+        log = (out / "logs" / f"peer-{i}.log").read_text()
+        assert "(CURVE)" in log  # not loopback: the run's own keys
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["rounds_completed"] == 2
+    records = [json.loads(line) for line in (out / "metrics" / "peer-0.jsonl").read_text().splitlines()]
+    assert [r["neighbours_heard"] for r in records] == [2, 2]  # both neighbours, each on another host
+    assert namespaces() == before
+
+
+def test_emulated_hosts_need_simulate_and_a_valid_count(tmp_path):
+    from tests.integration.test_simulate import simulate
+
+    proc, _ = simulate(tmp_path, "--peers", "2", "--hosts", "netns:0")
+    assert proc.returncode == 2 and "netns:K needs K in 1..200" in proc.stderr
+    proc, _ = simulate(tmp_path, "--peers", "2", "--host-mbit", "10")
+    assert proc.returncode == 2 and "add --hosts netns:K" in proc.stderr
