@@ -41,11 +41,26 @@ previous N and leaves out (cheapest kept first) what would not fit, and an N who
 (`--max-mem-gib`). What is left out is reported as NOT MEASURED, with its bytes and modelled time EXTRAPOLATED from
 the bytes model and the measured compute.
 
+On emulated hosts (`--links netns:RATE[,RATE...]`, Mbit/s, root and iproute2 needed): for each rate and N, every
+worker process (the N peers or clients, and the server) runs in a network namespace of its own, one emulated host
+each, with a tbf cap of the rate on its link in each direction (declora.node.netns), so that round times are
+MEASURED on capped links rather than modelled from byte counts. Each worker joins its namespace with setns(2) right
+after the zygote forks it, binds its host's private 10.x.y.z address, and talks plain text to the other hosts
+(allow_plaintext_nonlocal: the namespaces have no route off the machine; CURVE would add encryption CPU on the shared
+cores). The barrier to the parent is an ipc:// socket in the run's temp folder (reachable from any namespace; all
+runs use it). Next to each measured time: the model at that rate, half and full duplex (the caps are per direction).
+The CPU is still the machine's few shared cores, so at high rates the measured time can be CPU-bound: compare it with
+'CPU/cores s' in the table. Defaults there: N = 4, 8, 16, 1 warm-up + 2 timed rounds, --budget-s 900 over all rates;
+namespaces are removed after each N, failed or not. Writes benchmarks/results/bench_scale_netns.json (key `links`:
+rate -> N -> configuration) and bench_scale_netns.png; the loopback run's files are left alone.
+
 The code: scale_plan.py (configurations, budgets), scale_run.py (the worker processes of one N, and every N),
 scale_worker.py (one process), scale_analysis.py (statistics, scaling checks, extrapolation), scale_report.py (table,
-notes, plot); this file parses the command line and writes the results.
+notes, plot), scale_links.py (the emulated-host runs: table, notes, plot); this file parses the command line and
+writes the results.
 
     python benchmarks/bench_scale.py [--quick] [--ns 4,8,16,32,64] [--rounds 3] [--budget-s 600]
+    python benchmarks/bench_scale.py --links netns:1000,100 [--ns 4,8,16] [--rounds 2] [--budget-s 900]
 """
 from __future__ import annotations
 
@@ -61,6 +76,7 @@ if __package__ in (None, ""):  # `python benchmarks/bench_scale.py`: make the re
 from benchmarks.common import RESULTS, write_result  # noqa: E402
 from benchmarks.scale_analysis import extrapolate, scaling_checks, wire_message_bytes  # noqa: E402
 from benchmarks.scale_plan import BANDWIDTHS, BLOCK, CONFIGS  # noqa: E402
+from benchmarks.scale_links import main_links, parse_links  # noqa: E402
 from benchmarks.scale_report import plot, print_checks, print_table, run_notes  # noqa: E402
 from benchmarks.scale_run import measure  # noqa: E402
 
@@ -68,10 +84,15 @@ from benchmarks.scale_run import measure  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[int], tuple[str, ...]]:
     """The options, the peer counts and the configurations to measure."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ns", default="4,8,16,32,64", help="comma-separated peer counts (default 4,8,16,32,64)")
+    ap.add_argument("--ns", default=None, help="comma-separated peer counts (default 4,8,16,32,64; with --links "
+                    "4,8,16)")
+    ap.add_argument("--links", default=None, metavar="netns:RATE[,RATE...]",
+                    help="measure on emulated hosts, one network namespace per process, links capped at each RATE "
+                         "(Mbit/s) in turn, e.g. netns:1000,100 (needs root); writes bench_scale_netns.json/.png")
     ap.add_argument("--quick", action="store_true", help="N = 4, 8, 16 only")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per configuration (after the warm-up)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="timed rounds per configuration (after the warm-up; default 3, with --links 2)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up rounds per configuration")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deadline", type=float, default=180.0, help="collect deadline per round (s): generous, so "
@@ -86,11 +107,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                     help="abort an N whose run pushes MemAvailable below this (the machine is shared)")
     ap.add_argument("--max-mem-gib", type=float, default=10.0,
                     help="skip (and extrapolate) an N whose estimated memory, scaled from the previous N, exceeds this")
-    ap.add_argument("--budget-s", type=float, default=600.0,
+    ap.add_argument("--budget-s", type=float, default=None,
                     help="skip (and extrapolate) an N whose predicted wall time, scaled from the previous N, would "
-                         "take the whole run past this many seconds (0: no limit)")
+                         "take the whole run past this many seconds (0: no limit; default 600, with --links 900 "
+                         "over all rates, and nothing is extrapolated)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write JSON/PNG")
     args = ap.parse_args(argv)
+    if args.links is not None:
+        try:
+            parse_links(args.links)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.rounds is None:
+        args.rounds = 3 if args.links is None else 2
+    if args.budget_s is None:
+        args.budget_s = 600.0 if args.links is None else 900.0
+    if args.ns is None:
+        args.ns = "4,8,16,32,64" if args.links is None else "4,8,16"
     ns = [4, 8, 16] if args.quick else sorted({int(x) for x in args.ns.split(",") if x.strip()})
     configs = tuple(c for c in CONFIGS if c in set(args.configs.split(",")))
     if not configs or min(ns) < 3:
@@ -100,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def main(argv: list[str] | None = None) -> int:
     args, ns, configs = parse_args(argv)
+    if args.links is not None:
+        return main_links(args, ns, configs, __doc__.split("\n\n")[0])
     started = time.monotonic()
     load_before = os.getloadavg()
     results, skipped, failures = measure(ns, configs, args)

@@ -29,8 +29,10 @@ def on_critical_path(conf: dict, recs: dict[int, dict], key: str) -> tuple[float
     return statistics.median(values), max(values)
 
 
-def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
-    """One configuration at N=n: per timed round and as medians over them."""
+def summarize(conf: dict, n: int, workers: list[dict], args, bandwidths: dict[str, float] | None = None) -> dict:
+    """One configuration at N=n: per timed round and as medians over them; modelled times for `bandwidths` (label ->
+    bit/s; default BANDWIDTHS, 1 and 10 Gbit/s)."""
+    bandwidths = BANDWIDTHS if bandwidths is None else bandwidths
     name = conf["name"]
     active = [(w["id"], w["configs"][name]) for w in workers if w["configs"][name]["role"] != "idle"]
     rounds = []
@@ -70,8 +72,8 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
             "message_bytes": max(r.get("message_bytes", 0) for r in recs.values()),
             "busiest_sent": recs[busiest]["bytes_sent"], "busiest_received": recs[busiest]["bytes_received"],
             "mean_bytes_per_process": statistics.fmean(through.values()),
-            "modelled_s": {bw: link_half * 8 / rate + compute for bw, rate in BANDWIDTHS.items()},
-            "modelled_full_duplex_s": {bw: link_full * 8 / rate + compute for bw, rate in BANDWIDTHS.items()},
+            "modelled_s": {bw: link_half * 8 / rate + compute for bw, rate in bandwidths.items()},
+            "modelled_full_duplex_s": {bw: link_full * 8 / rate + compute for bw, rate in bandwidths.items()},
             "missing": sorted({f"{i}<-{j}" for i, r in recs.items() for j in r["missing"]}),
             "send_failed": sorted({j for r in recs.values() for j in r.get("send_failed", [])}),
         })
@@ -90,9 +92,9 @@ def summarize(conf: dict, n: int, workers: list[dict], args) -> dict:
         # the round time if this host's cores did nothing else: all the processes' CPU seconds / cores (a floor:
         # the measured round time cannot be lower on this host, and is higher when other work takes CPU)
         "cpu_floor_s_median": med("process_cpu_s_total") / (os.cpu_count() or 1),
-        "modelled_s_median": {bw: statistics.median(r["modelled_s"][bw] for r in rounds) for bw in BANDWIDTHS},
+        "modelled_s_median": {bw: statistics.median(r["modelled_s"][bw] for r in rounds) for bw in bandwidths},
         "modelled_full_duplex_s_median": {bw: statistics.median(r["modelled_full_duplex_s"][bw] for r in rounds)
-                                          for bw in BANDWIDTHS},
+                                          for bw in bandwidths},
         "missing": sorted({m for r in rounds for m in r["missing"]}),
         "missing_at_start": sorted({f"{i}<-{j}" for i, c in active for j in c.get("missing_at_start", [])}),
         "send_failed_total": sum(c.get("send_failed_total", 0) for _, c in active),

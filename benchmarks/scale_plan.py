@@ -47,13 +47,18 @@ def bytes_model(name: str, n: int, message_bytes: int) -> int:
 
 
 # ---- one N --------------------------------------------------------------------------------------------------------
-def build_configs(n: int, seed: int, configs: tuple[str, ...]) -> list[dict]:
+def build_configs(n: int, seed: int, configs: tuple[str, ...], addresses: list[str] | None = None) -> list[dict]:
     """Per configuration: endpoints, each process's role, neighbours and mixing row. Ids 0..n-1 are peers or
-    clients; id n is the server (idle during the gossip configurations)."""
+    clients; id n is the server (idle during the gossip configurations). `addresses`: process i's host address
+    (an emulated host of its own, where every port is free: port 7000 + the configuration's index); without it,
+    free loopback ports."""
     out = []
-    for name in configs:
-        ports = free_loopback_ports(n + 1)
-        book = {str(i): f"tcp://127.0.0.1:{ports[i]}" for i in range(n + 1)}
+    for index, name in enumerate(configs):
+        if addresses is not None:
+            book = {str(i): f"tcp://{addresses[i]}:{7000 + index}" for i in range(n + 1)}
+        else:
+            ports = free_loopback_ports(n + 1)
+            book = {str(i): f"tcp://127.0.0.1:{ports[i]}" for i in range(n + 1)}
         if name == "server":
             roles = {str(i): "client" for i in range(n)} | {str(n): "server"}
             nbrs = {str(i): [n] for i in range(n)} | {str(n): list(range(n))}

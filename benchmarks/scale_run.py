@@ -1,6 +1,11 @@
 """bench_scale's runner: for one N, start the n+1 worker processes (benchmarks/scale_worker.py), release their
 barriers all at once, watch memory and progress, and gather what they measured; `measure` does every N within the
-time and memory budgets, retrying a failed N once.
+time and memory budgets, retrying a failed N once. With `rate_mbit`, every N runs on n+1 emulated hosts
+(declora.node.netns: one network namespace per process, a tbf cap of that rate each way), made before and removed
+after it, failed or not.
+
+The barrier socket is ipc:// in the run's temp folder: a path on the file system, which workers reach from inside
+any network namespace (127.0.0.1 inside a namespace is that namespace's own loopback).
 """
 from __future__ import annotations
 
@@ -21,18 +26,21 @@ import zmq  # noqa: E402
 from benchmarks.common import ROOT, worker_env  # noqa: E402
 from benchmarks.scale_analysis import summarize  # noqa: E402
 from benchmarks.scale_plan import build_configs, mem_available_gib, memory_estimate_gib, plan_configs  # noqa: E402
+from declora.node import netns  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "scale_worker.py"
 
 
-def measure(ns: list[int], configs: tuple[str, ...], args) -> tuple[dict[int, dict], dict[str, str], list[str]]:
+def measure(ns: list[int], configs: tuple[str, ...], args, rate_mbit: float | None = None,
+            started: float | None = None) -> tuple[dict[int, dict], dict[str, str], list[str]]:
     """(N -> what run_n measured, what was not measured -> why, failed attempts). Before each N, the memory it
     would need and the time each configuration would take are predicted from the previous N; what does not fit is
-    left out (and later extrapolated)."""
+    left out (and later extrapolated). `rate_mbit`: on emulated hosts capped at that rate (see the module's
+    docstring); `started`: when the time budget began (default now)."""
     results: dict[int, dict] = {}
     skipped: dict[str, str] = {}  # "N=64" or "regular4@N=64" -> why it was not measured
     failures: list[str] = []  # attempts that failed (and were retried or skipped)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     for n in ns:
         if results:
             estimate = memory_estimate_gib(results[max(results)], n)
@@ -51,7 +59,11 @@ def measure(ns: list[int], configs: tuple[str, ...], args) -> tuple[dict[int, di
         t0 = time.monotonic()
         for attempt in (1, 2):
             try:
-                results[n] = run_n(n, args, tuple(chosen))
+                if rate_mbit is None:
+                    results[n] = run_n(n, args, tuple(chosen))
+                else:
+                    with netns.EmulatedHosts(n + 1, rate_mbit) as hosts:  # removed on leaving, failed or not
+                        results[n] = run_n(n, args, tuple(chosen), hosts)
                 break
             except RuntimeError as e:
                 print(f"N={n}: attempt {attempt} failed: {e}", flush=True)
@@ -70,19 +82,22 @@ def measure(ns: list[int], configs: tuple[str, ...], args) -> tuple[dict[int, di
     return results, skipped, failures
 
 
-def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
-    """Start n+1 worker processes, drive their barriers, gather their results."""
+def run_n(n: int, args, configs: tuple[str, ...], hosts: "netns.EmulatedHosts | None" = None) -> dict:
+    """Start n+1 worker processes, drive their barriers, gather their results. `hosts`: n+1 emulated hosts,
+    process i in namespace hosts.names[i] at hosts.address(i); modelled times then at the hosts' cap."""
     tmp = Path(tempfile.mkdtemp(prefix=f"bench_scale_{n}_"))
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
-    router.bind("tcp://127.0.0.1:*")
-    confs = build_configs(n, args.seed, configs)
+    router.bind(f"ipc://{tmp}/barrier")
+    addresses = None if hosts is None else [hosts.address(i) for i in range(n + 1)]
+    confs = build_configs(n, args.seed, configs, addresses)
+    bandwidths = None if hosts is None else {rate_label(hosts.rate_mbit): hosts.rate_mbit * 1e6}
     zygote = None
     mem_before = mem_available_gib()
     t_start = time.monotonic()
     try:
-        paths = write_worker_configs(n, args, router.last_endpoint.decode(), confs, tmp)
+        paths = write_worker_configs(n, args, router.last_endpoint.decode(), confs, tmp, hosts)
         zygote = start_zygote(paths, tmp)
         released, mem_min = drive_barriers(n, router, zygote, tmp, args, mem_before)
         if zygote.wait(timeout=120) != 0:
@@ -93,7 +108,7 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
         router.close()
         ctx.term()
     wall = time.monotonic() - t_start
-    per_conf = {c["name"]: summarize(c, n, workers, args) for c in confs}
+    per_conf = {c["name"]: summarize(c, n, workers, args, bandwidths) for c in confs}
     for c in confs:  # wall time of each configuration, connecting included: what the time budget is planned with
         prev_tag = "start" if c is confs[0] else f"{confs[confs.index(c) - 1]['name']}:close"
         per_conf[c["name"]]["wall_s"] = released[f"{c['name']}:close"] - released[prev_tag]
@@ -111,13 +126,20 @@ def run_n(n: int, args, configs: tuple[str, ...]) -> dict:
             "configs": per_conf, "tmp": str(tmp)}
 
 
-def write_worker_configs(n: int, args, barrier: str, confs: list[dict], tmp: Path) -> list[str]:
-    """One config file per worker process (ids 0..n); their paths."""
+def rate_label(rate_mbit: float) -> str:
+    """'1000M', '100M': the key of a cap's modelled times."""
+    return f"{rate_mbit:g}M"
+
+
+def write_worker_configs(n: int, args, barrier: str, confs: list[dict], tmp: Path, hosts=None) -> list[str]:
+    """One config file per worker process (ids 0..n); their paths. With `hosts`, worker i joins namespace
+    hosts.names[i] first thing after the fork ("netns")."""
     paths = []
     for i in range(n + 1):
         cfg = {"id": i, "n": n, "seed": args.seed, "barrier": barrier, "configs": confs, "warmup": args.warmup,
                "rounds": args.rounds, "deadline_s": args.deadline, "start_timeout_s": args.start_timeout,
-               "missed_heartbeats": args.missed_heartbeats, "out": str(tmp / f"worker{i}.json")}
+               "missed_heartbeats": args.missed_heartbeats, "out": str(tmp / f"worker{i}.json"),
+               "netns": None if hosts is None else hosts.names[i]}
         path = tmp / f"config{i}.json"
         path.write_text(json.dumps(cfg))
         paths.append(str(path))

@@ -23,6 +23,11 @@ thread as it arrives. The main thread's CPU time (time.thread_time, which timesh
 main thread and `compute_cpu_s` included it; the decode now runs on the I/O thread and cannot be timed on its own
 there, so each round also records `io_cpu_s`: the CPU time of every thread but the main one (the I/O thread's
 receive, validation and decode, and ZeroMQ's threads).
+
+On emulated hosts (bench_scale --links) the config names a network namespace: the worker joins it with setns(2)
+first thing after the fork, before it makes any socket or thread (threads made later, ZeroMQ's among them, inherit
+it), and talks plain text to its neighbours' private 10.x.y.z addresses (allow_plaintext_nonlocal: the namespaces'
+bridge has no way out of the machine; CURVE would add its encryption's CPU to every 8.9 MB message on 2 cores).
 """
 from __future__ import annotations
 
@@ -58,6 +63,21 @@ from declora.wire.zmq_transport import ZmqTransport  # noqa: E402
 ALPHA = 32.0
 CODEC = "int8"
 FEDIT = get_strategy("fedit")  # one aggregate for every client (not per receiver)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def join_netns(name: str) -> None:
+    """Move this (single-threaded) process into network namespace `name` (made by declora.node.netns)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into network namespace {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def byte_count(transport) -> tuple[int, int]:
@@ -174,7 +194,8 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
     nbrs = [int(j) for j in conf["neighbours"][str(me)]]
     transport = ZmqTransport(me, book[me], {j: book[j] for j in nbrs}, layout=layout,
                              liveness=Liveness(1.0, cfg["missed_heartbeats"]),
-                             rcvhwm=max(64, 2 * len(nbrs)), linger_s=5.0).start()
+                             rcvhwm=max(64, 2 * len(nbrs)), linger_s=5.0,
+                             allow_plaintext_nonlocal=cfg.get("netns") is not None).start()
     t0 = time.monotonic()
     missing = transport.wait_for_neighbours(cfg["start_timeout_s"])
     out["start_s"] = time.monotonic() - t0
@@ -252,6 +273,8 @@ def run_config(cfg: dict, conf: dict, barrier: Barrier, mine: Adapter | None, te
 
 def worker_main(config_path: str) -> int:
     cfg = json.loads(Path(config_path).read_text())
+    if cfg.get("netns"):  # before any socket or thread: everything made from here on lives on the emulated host
+        join_netns(cfg["netns"])
     torch.set_num_threads(1)
     me = cfg["id"]
     t0 = time.thread_time()
