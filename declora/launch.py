@@ -56,6 +56,25 @@ def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "pee
     return cmd
 
 
+def process_groups(cfg: RunConfig, ids: list[int]) -> list[list[int]]:
+    """The processes to start, each with the ids it runs: one peer each, or --peers-per-process consecutive peers
+    sharing a base; the server always alone."""
+    peers = [i for i in ids if not is_server(cfg, i)]
+    size = max(1, cfg.peers_per_process)
+    return [peers[k:k + size] for k in range(0, len(peers), size)] + [[i] for i in ids if is_server(cfg, i)]
+
+
+def group_command(config_path: Path, group: list[int], threads: int, resume_round: int | None = None) -> list[str]:
+    """The command of a process running `group`: a plain peer (or the server) for one id, else node.group."""
+    if len(group) == 1:
+        return peer_command(config_path, group[0], threads, "peer", resume_round)
+    cmd = [sys.executable, "-m", "declora.node.group", "--config", str(config_path),
+           "--peer-ids", ",".join(map(str, group)), "--threads", str(threads)]
+    if resume_round is not None:
+        cmd += ["--resume", "--resume-round", str(resume_round)]
+    return cmd
+
+
 class Stopped(Exception):
     """The launcher got SIGTERM or SIGHUP: stop every peer, as for Ctrl-C."""
 
@@ -91,8 +110,8 @@ class PeerProcesses:
         self.logs: dict[int, Path] = {}
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
 
-    def start(self, peer_id: int, cmd: list[str], env: dict) -> None:
-        name = "server" if "declora.node.server" in cmd else f"peer-{peer_id}"
+    def start(self, peer_id: int, cmd: list[str], env: dict, name: str | None = None) -> None:
+        name = name or ("server" if "declora.node.server" in cmd else f"peer-{peer_id}")
         self.logs[peer_id] = self.run_dir / "logs" / f"{name}.log"
         log = open(self.logs[peer_id], "ab")
         # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child; and a
@@ -177,6 +196,14 @@ def child_env() -> dict:
     return env
 
 
+def group_env(env: dict) -> dict:
+    """A process of several peers: one malloc arena. glibc gives each training thread an arena of its own, and each
+    arena keeps the freed activations of its thread's last step, so memory grows with the peers (measured in
+    benchmarks/README.md, "Many peers per host"). The peers train one at a time anyway (the random-stream lock), so
+    one arena costs no parallelism."""
+    return {**env, "MALLOC_ARENA_MAX": env.get("MALLOC_ARENA_MAX", "1")}
+
+
 def simulate(cfg: RunConfig, out=None) -> int:
     """Run every process of the run on this host (on emulated hosts with --hosts netns:K); return the exit status."""
     check_data(cfg)
@@ -212,11 +239,13 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
                   hosts: EmulatedHosts | None = None) -> int:
     out = out or sys.stdout  # looked up now, not at import: tests swap sys.stdout
     run_dir = Path(cfg.out)
-    threads = threads_per_process(cfg, len(ids))
+    groups = {group[0]: group for group in process_groups(cfg, ids)}  # a process by its first id
+    threads = threads_per_process(cfg, len(groups))
     procs = PeerProcesses(run_dir)
     env = child_env()
     started = time.time()
-    print(f"declora: {describe(cfg)}; {len(ids)} processes x {threads} threads; output in {run_dir}", file=out, flush=True)
+    print(f"declora: {describe(cfg)}; {len(groups)} processes x {threads} threads; output in {run_dir}", file=out,
+          flush=True)
     resume_round = None
     if cfg.resume:
         # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
@@ -237,16 +266,23 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
     status = 0
     handlers = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        for pid in ids:  # inside the try: a signal during start-up stops the peers started so far
+        for pid, group in groups.items():  # inside the try: a signal during start-up stops the peers started so far
             role = "server" if is_server(cfg, pid) else "peer"
             prefix = hosts.exec_prefix(host_of(cfg, pid)) if hosts else []
-            procs.start(pid, prefix + peer_command(config_path, pid, threads, role, resume_round), env)
+            cmd = group_command(config_path, group, threads, resume_round) if role == "peer" else \
+                peer_command(config_path, pid, threads, role, resume_round)
+            if len(group) == 1:
+                procs.start(pid, prefix + cmd, env)
+            else:
+                procs.start(pid, prefix + cmd, group_env(env), name=f"peers-{group[0]}-{group[-1]}")
         while True:
             for pid, code in procs.failures().items():
                 if pid in dead_reported:
                     continue
                 dead_reported.add(pid)
-                who = "server" if is_server(cfg, pid) else f"peer {pid}"
+                group = groups[pid]
+                who = "server" if is_server(cfg, pid) else (f"peer {pid}" if len(group) == 1 else
+                                                            f"the process of peers {group[0]}-{group[-1]}")
                 print(f"declora: {who} died (exit code {code}): {procs.why(pid)}\n  log: {procs.logs[pid]}\n"
                       f"{procs.log_tail(pid)}", file=out, flush=True)
                 if not cfg.fault_tolerant:

@@ -73,6 +73,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(1 <= cfg.emulated_hosts() <= 200, f"--hosts netns:K needs K in 1..200 emulated hosts, got {cfg.hosts!r}")
     need(cfg.host_mbit >= 0, f"--host-mbit must be >= 0 (0 = no cap), got {cfg.host_mbit}")
     need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
+    need(cfg.peers_per_process >= 1, f"--peers-per-process must be >= 1, got {cfg.peers_per_process}")
+    merging = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
+    need(cfg.peers_per_process == 1 or not merging,
+         f"--peers-per-process {cfg.peers_per_process} shares one frozen base between peers, but "
+         f"{'--server flora' if cfg.server else '--mode stack'} merges each peer's deltas into its base; use "
+         f"gossip, svd or zeropad (or fedit behind a server), or one peer per process")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

@@ -90,6 +90,8 @@ class RunConfig:
     # Processes and devices.
     gpus: str = _opt("", "comma-separated CUDA device ids, peers round-robin over them; empty = all visible")
     cpu: bool = _opt(False, "force CPU even when CUDA is present")
+    peers_per_process: int = _opt(1, "simulate: peers per OS process, on threads, sharing one copy of the frozen base "
+                                     "model (each keeps its own adapter, optimizer, data, endpoint, checkpoints)")
     threads: int = _opt(0, "torch threads per peer process (0 = cores / peers on this host, at least 1)")
     deadline_s: float = _opt(300.0, "seconds a round waits for its neighbours before mixing what arrived")
     start_timeout_s: float = _opt(300.0, "seconds a peer waits for its neighbours to come up before round 0")
