@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import threading
 
 from declora.config import ConfigError, RunConfig, add_flags
 
@@ -30,6 +29,7 @@ def run_group(cfg: RunConfig, peer_ids: list[int], resume_round: int | None = No
     from declora.learn.shared_base import share_frozen_weights
     from declora.node.neighbourhood import neighbourhood_for
     from declora.node.peer import run_peer
+    from declora.node.peer_threads import run_on_threads
     from declora.node.transports import check_links, open_transport
     from declora.node.workload import build_learner
 
@@ -46,24 +46,8 @@ def run_group(cfg: RunConfig, peer_ids: list[int], resume_round: int | None = No
     log.info("peers %s in one process share one frozen base (%.0f MB not held twice)", peer_ids, freed / 1e6)
     transports = {i: open_transport(cfg, i, hoods[i].neighbours, hoods[i].inbound_layout(learners[i].adapter()))
                   for i in peer_ids}
-    errors: dict[int, BaseException] = {}
-
-    def run(i: int) -> None:
-        try:
-            run_peer(cfg, i, learners[i], transports[i], hoods[i], resume_round)
-        except BaseException as e:  # noqa: BLE001 - reported below, with the others
-            log.exception("peer %d failed", i)
-            errors[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"declora-peer-{i}") for i in peer_ids]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        first = min(errors)
-        raise RuntimeError(f"{len(errors)} of {len(peer_ids)} peers of this process failed; peer {first}: "
-                           f"{errors[first]!r}") from errors[first]
+    jobs = {i: (run_peer, (cfg, i, learners[i], transports[i], hoods[i], resume_round)) for i in peer_ids}
+    run_on_threads(jobs, "peers of this process")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ afterwards each learner's random stream keeps the peers' dropout draws apart.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from declora.config import RunConfig
 from declora.node.addressbook import free_loopback_ports
 from declora.node.neighbourhood import neighbourhood_for
 from declora.node.peer import run_peer
+from declora.node.peer_threads import run_on_threads
 from declora.node.server import run_server
 from declora.node.transports import liveness_of
 from declora.node.workload import build_learner, server_expectations
@@ -48,25 +48,7 @@ def run_in_process(cfg: RunConfig, wire: str = "inproc") -> None:
     jobs = {i: (run_peer, (cfg, i, learners[i], transports[i], hoods[i])) for i in peers}
     if cfg.server:
         jobs[cfg.server_id] = (run_server, (cfg, transports[cfg.server_id], server_layout, samples))
-    errors: dict[int, BaseException] = {}
-
-    def run(i: int, fn, args) -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # noqa: BLE001 - reported below, with the others
-            log.exception("peer %d failed", i)
-            errors[i] = e
-
-    threads = [threading.Thread(target=run, args=(i, fn, args), name=f"declora-peer-{i}") for i, (fn, args)
-               in jobs.items()]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        first = min(errors)
-        raise RuntimeError(f"{len(errors)} of {len(jobs)} in-process peers failed; peer {first}: "
-                           f"{errors[first]!r}") from errors[first]
+    run_on_threads(jobs, "in-process peers")
 
 
 def _transports(cfg: RunConfig, links: dict, wire: str) -> dict:
