@@ -21,6 +21,7 @@ from declora.learn.learner import Learner
 from declora.learn.metrics import record_key
 from declora.node.catch_up import catch_up
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
+from declora.node.heap import trim_heap
 from declora.node.metrics import MetricsWriter
 from declora.node.neighbourhood import neighbourhood_for
 from declora.node.rollback import Rollback
@@ -110,6 +111,7 @@ def evaluate_if_due(cfg: RunConfig, learner: Learner, t: int, metric: str = "") 
     if not last and (t + 1) % cfg.eval_every:
         return {}
     result = learner.evaluate(limit=0 if last else cfg.eval_samples)
+    trim_heap()  # the evaluation's freed batches would otherwise stay resident under the next round's training
     return {**{f"eval_{k}": v for k, v in result.items()}, **({"metric": metric} if metric else {})}
 
 
