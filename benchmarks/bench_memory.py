@@ -245,12 +245,23 @@ def run_simulate(args, tmp: Path) -> dict:
 
 
 # ---- main -----------------------------------------------------------------------------------------------------------------
-def run_plain(args, tmp: Path) -> list[dict]:
+def run_plain(args, tmp: Path, heap_env: dict | None = None) -> list[dict]:
+    """The plain loop; `heap_env`: glibc's environment variables for the heap settings a peer gives itself."""
     out = tmp / "plain-stages.json"
     cmd = [sys.executable, __file__, "--plain", str(out), "--rounds", str(args.rounds), "--local-steps",
            str(args.local_steps), "--eval-every", str(args.eval_every)]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(heap_env or {})}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(out.read_text())
+
+
+def bounded_heap_env() -> dict | None:
+    """node.heap's settings as glibc environment variables (None on a tree without node.heap)."""
+    try:
+        from declora.node import heap
+    except ImportError:
+        return None
+    return {"MALLOC_MMAP_THRESHOLD_": str(heap.MMAP_THRESHOLD), "MALLOC_ARENA_MAX": str(heap.ARENA_MAX)}
 
 
 def peak(stages: list[dict]) -> dict:
@@ -258,9 +269,9 @@ def peak(stages: list[dict]) -> dict:
     return {"vmhwm_mb": last["vmhwm_mb"], "pss_max_mb": max(s.get("pss_mb", 0) for s in stages)}
 
 
-def table(plain: list[dict], probe: list[dict]) -> str:
+def table(plain: list[dict], probe: list[dict], bounded: list[dict] | None = None) -> str:
     lines = ["| process | stage | VmRSS MB | VmHWM MB | PSS MB |", "|---|---|---|---|---|"]
-    for who, stages in (("plain peft", plain), ("peer 0", probe)):
+    for who, stages in (("plain peft", plain), ("plain peft, bounded heap", bounded or []), ("peer 0", probe)):
         for s in stages:
             lines.append(f"| {who} | {s['stage']} | {s.get('vmrss_mb', 0):.0f} | {s.get('vmhwm_mb', 0):.0f} | "
                          f"{s.get('pss_mb', 0):.0f} |")
@@ -276,6 +287,8 @@ def main() -> None:
     p.add_argument("--probe", metavar="OUT", help=argparse.SUPPRESS)
     p.add_argument("--name", default="bench_memory", help="results/NAME.json")
     p.add_argument("--only-probe", action="store_true", help="just the peer's stages (print them, write nothing)")
+    p.add_argument("--only-simulate", action="store_true",
+                   help="just the simulate run's peaks (e.g. a long run: --rounds 30 --eval-every 5), to NAME.json")
     args, rest = p.parse_known_args()
     if args.plain:
         return plain_loop(args.plain, args.rounds, args.local_steps, args.eval_every, 32, 64)
@@ -290,21 +303,33 @@ def main() -> None:
             probe = run_probe(args, tmp)
             print(table([], probe["stages"]), f"\npeer 1 from outside: {probe['peer1_from_outside']}")
             return
+        if args.only_simulate:
+            sim = run_simulate(args, tmp)
+            print(json.dumps(sim, indent=1))
+            print(f"wrote {write_result(args.name, {'settings': vars(args), 'simulate': sim})}")
+            return
         plain = run_plain(args, tmp)
+        heap_env = bounded_heap_env()
+        plain_bounded = run_plain(args, tmp, heap_env) if heap_env else None
         probe = run_probe(args, tmp)
         sim = run_simulate(args, tmp)
     plain_peak = peak(plain)
     peer_peak = sim["peers"][0]
     ratio = peer_peak["vmhwm_mb"] / plain_peak["vmhwm_mb"]
-    print(table(plain, probe["stages"]))
+    print(table(plain, probe["stages"], plain_bounded))
     print(f"\nplain peft loop: VmHWM {plain_peak['vmhwm_mb']:.0f} MB, PSS max {plain_peak['pss_max_mb']:.0f} MB")
     for i, pk in enumerate(sim["peers"]):
         print(f"simulate peer process {i}: VmHWM {pk['vmhwm_mb']:.0f} MB, PSS max {pk['pss_max_mb']:.0f} MB")
     print(f"ratio peer / plain (VmHWM): {ratio:.2f} (goal <= 1.2)")
+    bounded = peak(plain_bounded) if plain_bounded else None
+    if bounded:
+        print(f"plain peft loop with the peer's heap settings ({heap_env}): VmHWM {bounded['vmhwm_mb']:.0f} MB; "
+              f"ratio peer / that: {peer_peak['vmhwm_mb'] / bounded['vmhwm_mb']:.2f}")
     path = write_result(args.name, {
         "settings": {"rounds": args.rounds, "local_steps": args.local_steps, "eval_every": args.eval_every,
                      "batch_size": 32, "max_length": 64, "peers": 2, "threads_per_process": 1},
-        "plain_stages": plain, "peer_stages": probe["stages"], "probe_peer1_from_outside": probe["peer1_from_outside"],
+        "plain_stages": plain, "plain_bounded_heap_stages": plain_bounded, "plain_bounded_heap_peak": bounded,
+        "heap_env_of_plain_bounded": heap_env, "peer_stages": probe["stages"], "probe_peer1_from_outside": probe["peer1_from_outside"],
         "simulate": sim, "plain_peak": plain_peak, "peer_peak": peer_peak, "ratio_vmhwm": round(ratio, 3),
         "load_average": list(os.getloadavg())})
     print(f"wrote {path}")
