@@ -1,12 +1,14 @@
-"""The C heap of a peer process (glibc malloc): bounded at start, given back to the OS after the big one-off frees.
+"""The C heap of a peer process (glibc malloc): few arenas, and its free pages given back to the OS after tokenizing,
+after each evaluation and at the end of each round.
 
-Measured on a MiniLM peer (benchmarks/bench_memory.py, benchmarks/README.md "Memory of a peer process"): with glibc's
-defaults a peer peaks some 350 MB above what it holds live. glibc raises its mmap threshold to the size of every
-mmapped block it frees (up to 32 MB), so after the first training step the activations (1-25 MB tensors) come from
-the heap, where freed blocks stay resident and fragment, and the heap's peak grows round after round. A fixed
-threshold keeps them in mmapped blocks that go back to the OS when freed. Tokenizing the data and evaluating leave
-a hundred MB or so of small freed blocks that only `malloc_trim` returns. Numbers are unchanged: only where memory
-comes from. Elsewhere than glibc (musl, macOS) both calls are no-ops.
+Measured on a MiniLM peer (benchmarks/bench_memory.py, benchmarks/README.md "Memory of a peer process"): glibc
+raises its mmap threshold to the size of every mmapped block it frees (up to 32 MB), so from the first training step
+on the activations (1-25 MB tensors) come from the heap, where freed blocks stay resident and fragment; tokenizing
+and evaluating leave 100-150 MB of small freed blocks resident. `malloc_trim` returns those pages. A fixed 1 MB
+threshold (MMAP_THRESHOLD; `bound_heap(fixed_mmap_threshold=True)` or MALLOC_MMAP_THRESHOLD_=1048576 in the
+environment) cuts a peer's peak by another quarter but costs some 45% more CPU time per training step (every
+activation is a fresh mmap, faulted in page by page), so it is not the default. Numbers are unchanged either way:
+only where memory comes from. Elsewhere than glibc (musl, macOS) the calls are no-ops.
 """
 from __future__ import annotations
 
@@ -32,15 +34,19 @@ def _glibc():
 _LIBC = _glibc()
 
 
-def bound_heap() -> None:
-    """At process start: a fixed mmap threshold and at most ARENA_MAX arenas."""
+def bound_heap(fixed_mmap_threshold: bool = False) -> None:
+    """At process start: at most ARENA_MAX arenas; with `fixed_mmap_threshold`, blocks from MMAP_THRESHOLD up always
+    mmapped (less memory, more CPU time: see above)."""
     if _LIBC is None:
         return
-    if not (_LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and _LIBC.mallopt(_M_ARENA_MAX, ARENA_MAX)):
+    ok = _LIBC.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    if fixed_mmap_threshold:
+        ok = ok and _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if not ok:
         log.debug("mallopt refused the heap settings; running with glibc's defaults")
 
 
 def trim_heap() -> None:
-    """Give the heap's free pages back to the OS (after tokenizing, after an evaluation)."""
+    """Give the heap's free pages back to the OS (after tokenizing, after an evaluation, at the end of a round)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -87,6 +87,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                      "base_weights": learner.base_weights() if merged else None,
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
+            trim_heap()  # node.heap: the round's freed activations would stay resident and fragment
             published = hood.state_message(t, after)  # for a neighbour that comes back behind
             if published is not None:
                 transport.publish_state(published)
