@@ -7,11 +7,12 @@ from /proc: VmHWM is the process image's own peak):
 1. plain: a plain peft loop (AutoModelForSequenceClassification + LoraConfig r=8 on query,value, AdamW, batch 32,
    max_length 64, SST-2 train tokenized, ROUNDS x LOCAL_STEPS steps, the full dev set evaluated as often as the
    peers evaluate), with its RSS after each stage.
-2. probe: a 2-peer network started the way `declora simulate` starts it (launch.prepare_run_dir, launch.child_env,
+2. plain, again, with glibc's mmap threshold fixed at 1 MB (node.heap's option) through the environment.
+3. probe: a 2-peer network started the way `declora simulate` starts it (launch.prepare_run_dir, launch.child_env,
    launch.peer_command): peer 1 is a plain `python -m declora.node.peer`, peer 0 the same peer code run by this
    script with hooks that record VmRSS / VmHWM / PSS after each stage (imports, model, data, first train steps,
    first exchange, first checkpoint, first evaluation, exit). The hooks wrap functions; they allocate nothing.
-3. simulate: `declora simulate --peers 2 ...` as a user runs it; this script polls /proc/<pid>/status and
+4. simulate: `declora simulate --peers 2 ...` as a user runs it; this script polls /proc/<pid>/status and
    smaps_rollup of the peer processes (every 50 ms) and keeps their last VmHWM and largest PSS.
 
 The headline ratio is peak RSS of the simulate peers (the larger) / peak RSS of the plain loop.
@@ -246,7 +247,7 @@ def run_simulate(args, tmp: Path) -> dict:
 
 # ---- main -----------------------------------------------------------------------------------------------------------------
 def run_plain(args, tmp: Path, heap_env: dict | None = None) -> list[dict]:
-    """The plain loop; `heap_env`: glibc's environment variables for the heap settings a peer gives itself."""
+    """The plain loop; `heap_env`: glibc's environment variables (node.heap's optional fixed threshold)."""
     out = tmp / "plain-stages.json"
     cmd = [sys.executable, __file__, "--plain", str(out), "--rounds", str(args.rounds), "--local-steps",
            str(args.local_steps), "--eval-every", str(args.eval_every)]
@@ -256,7 +257,7 @@ def run_plain(args, tmp: Path, heap_env: dict | None = None) -> list[dict]:
 
 
 def bounded_heap_env() -> dict | None:
-    """node.heap's settings as glibc environment variables (None on a tree without node.heap)."""
+    """node.heap's optional fixed mmap threshold and arena cap as glibc environment variables (None on a tree without node.heap)."""
     try:
         from declora.node import heap
     except ImportError:
@@ -271,7 +272,7 @@ def peak(stages: list[dict]) -> dict:
 
 def table(plain: list[dict], probe: list[dict], bounded: list[dict] | None = None) -> str:
     lines = ["| process | stage | VmRSS MB | VmHWM MB | PSS MB |", "|---|---|---|---|---|"]
-    for who, stages in (("plain peft", plain), ("plain peft, bounded heap", bounded or []), ("peer 0", probe)):
+    for who, stages in (("plain peft", plain), ("plain peft, fixed 1 MB mmap threshold", bounded or []), ("peer 0", probe)):
         for s in stages:
             lines.append(f"| {who} | {s['stage']} | {s.get('vmrss_mb', 0):.0f} | {s.get('vmhwm_mb', 0):.0f} | "
                          f"{s.get('pss_mb', 0):.0f} |")
@@ -323,7 +324,7 @@ def main() -> None:
     print(f"ratio peer / plain (VmHWM): {ratio:.2f} (goal <= 1.2)")
     bounded = peak(plain_bounded) if plain_bounded else None
     if bounded:
-        print(f"plain peft loop with the peer's heap settings ({heap_env}): VmHWM {bounded['vmhwm_mb']:.0f} MB; "
+        print(f"plain peft loop with node.heap's fixed mmap threshold ({heap_env}): VmHWM {bounded['vmhwm_mb']:.0f} MB; "
               f"ratio peer / that: {peer_peak['vmhwm_mb'] / bounded['vmhwm_mb']:.2f}")
     path = write_result(args.name, {
         "settings": {"rounds": args.rounds, "local_steps": args.local_steps, "eval_every": args.eval_every,
