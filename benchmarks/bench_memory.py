@@ -1,7 +1,7 @@
 """Memory of a peer process (issue 11, part 5): peak RSS (VmHWM) and PSS of a MiniLM declora peer process, side by
 side with a plain peft training loop of the same model, in one invocation, one after the other.
 
-Three measurements, each in processes of their own (ru_maxrss is inherited across exec, so every figure here is read
+Four measurements, each in processes of their own (ru_maxrss is inherited across exec, so every figure here is read
 from /proc: VmHWM is the process image's own peak):
 
 1. plain: a plain peft loop (AutoModelForSequenceClassification + LoraConfig r=8 on query,value, AdamW, batch 32,
@@ -257,7 +257,8 @@ def run_plain(args, tmp: Path, heap_env: dict | None = None) -> list[dict]:
 
 
 def bounded_heap_env() -> dict | None:
-    """node.heap's optional fixed mmap threshold and arena cap as glibc environment variables (None on a tree without node.heap)."""
+    """node.heap's optional fixed mmap threshold and arena cap as glibc environment variables (None on a tree
+    without node.heap)."""
     try:
         from declora.node import heap
     except ImportError:
@@ -272,7 +273,8 @@ def peak(stages: list[dict]) -> dict:
 
 def table(plain: list[dict], probe: list[dict], bounded: list[dict] | None = None) -> str:
     lines = ["| process | stage | VmRSS MB | VmHWM MB | PSS MB |", "|---|---|---|---|---|"]
-    for who, stages in (("plain peft", plain), ("plain peft, fixed 1 MB mmap threshold", bounded or []), ("peer 0", probe)):
+    for who, stages in (("plain peft", plain), ("plain peft, fixed 1 MB mmap threshold", bounded or []),
+                        ("peer 0", probe)):
         for s in stages:
             lines.append(f"| {who} | {s['stage']} | {s.get('vmrss_mb', 0):.0f} | {s.get('vmhwm_mb', 0):.0f} | "
                          f"{s.get('pss_mb', 0):.0f} |")
