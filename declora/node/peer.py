@@ -21,6 +21,7 @@ from declora.learn.learner import Learner
 from declora.learn.metrics import record_key
 from declora.node.catch_up import catch_up
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
+from declora.node.heap import trim_heap
 from declora.node.metrics import MetricsWriter
 from declora.node.neighbourhood import neighbourhood_for
 from declora.node.rollback import Rollback
@@ -86,6 +87,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                      "base_weights": learner.base_weights() if merged else None,
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
+            trim_heap()  # node.heap: the round's freed activations would stay resident and fragment
             published = hood.state_message(t, after)  # for a neighbour that comes back behind
             if published is not None:
                 transport.publish_state(published)
@@ -110,6 +112,7 @@ def evaluate_if_due(cfg: RunConfig, learner: Learner, t: int, metric: str = "") 
     if not last and (t + 1) % cfg.eval_every:
         return {}
     result = learner.evaluate(limit=0 if last else cfg.eval_samples)
+    trim_heap()  # the evaluation's freed batches would otherwise stay resident under the next round's training
     return {**{f"eval_{k}": v for k, v in result.items()}, **({"metric": metric} if metric else {})}
 
 

@@ -159,12 +159,14 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     from declora.learn.learner import Learner
     from declora.learn.model import build_model, pick_device
     from declora.learn.training import LocalTrainer
+    from declora.node.heap import trim_heap
 
     device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
     rank = cfg.rank_list()[peer_id]
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
     model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
     work = load_workload(cfg, tokenizer, peer_id, cfg.peers, union=alone)
+    trim_heap()  # the whole data file and the tokenizer's buffers were freed: return their pages
     log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)
     steps_per_round = cfg.local_steps * cfg.peers if alone else cfg.local_steps
     seed = cfg.seed * 1000 + peer_id
