@@ -51,7 +51,6 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def run_worker(cfg: RunConfig, slot: rendezvous.Slot) -> None:
-    from declora.node.metrics import read_jsonl
     from declora.node.peer import run_peer
     from declora.node.transports import open_transport
     from declora.node.workload import build_learner, check_data
@@ -82,7 +81,7 @@ def run_worker(cfg: RunConfig, slot: rendezvous.Slot) -> None:
     metrics_path = run_dir / "metrics" / f"peer-{slot.rank}.jsonl"
     rendezvous.publish_metrics(store, slot.rank, metrics_path.read_text() if metrics_path.exists() else "")
     if slot.rank == 0:
-        _write_summary(cfg, run_dir, store, slot, time.time() - started, read_jsonl)
+        _write_summary(cfg, run_dir, store, slot, time.time() - started)
 
 
 def _own_security(cfg: RunConfig, rank: int):
@@ -97,7 +96,7 @@ def _own_security(cfg: RunConfig, rank: int):
     return SecurityConfig(rank, public, secret, {})
 
 
-def _write_summary(cfg: RunConfig, run_dir: Path, store, slot, wall_s: float, read_jsonl) -> None:
+def _write_summary(cfg: RunConfig, run_dir: Path, store, slot, wall_s: float) -> None:
     """Rank 0: the other nodes' metrics files (peers on this node wrote theirs here already), then the summary."""
     from declora.launch import finish
 

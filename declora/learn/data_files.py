@@ -22,6 +22,11 @@ _FIELD = f"(?:{_QUOTED_FIELD}|{_PLAIN_FIELD})"
 _QUOTED_TSV = re.compile(f"{_FIELD}(?:\t{_FIELD})*(?:\r?\n{_FIELD}(?:\t{_FIELD})*)*\r?\n?")
 
 
+def is_shard_folder(path: Path) -> bool:
+    """A folder of per-peer files (NAME_0.tsv, NAME_1.tsv ...), as opposed to a file or a save_to_disk folder."""
+    return path.is_dir() and not is_dataset_folder(path)
+
+
 def format_of(path: Path) -> str:
     """'.tsv', '.csv', '.json', '.jsonl', '.parquet' (by the name, ignoring .gz), or 'dataset' (a save_to_disk
     folder)."""

@@ -16,8 +16,7 @@ from typing import NamedTuple, Sequence, Union
 
 from declora.learn import data_files, tables
 from declora.learn.data_files import DATA_SUFFIXES
-from declora.learn.tables import (HEADER_CHOICES, LABEL_COLUMN_CHOICES, TEXT_COLUMN_CHOICES,  # noqa: F401 - API
-                                  DataSpec, looks_like_raw_cola)
+from declora.learn.tables import DataSpec, looks_like_raw_cola
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # data shipped inside the package
 
@@ -97,7 +96,7 @@ def load_examples(path: str | Path, spec: DataSpec | None = None, *, text_column
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist; check the path given to --data / --eval-data")
-    kind = data_files.format_of(path) if not path.is_dir() or data_files.is_dataset_folder(path) else None
+    kind = None if data_files.is_shard_folder(path) else data_files.format_of(path)
     if kind is None:
         raise ValueError(f"{path} is a folder: give a file or a datasets save_to_disk folder, or use the 'files' "
                          f"partition for a folder of per-peer files")
@@ -124,7 +123,7 @@ def sniff_task(path: str | Path, spec: DataSpec | None = None, rows: int = 50) -
     the loader reports that)."""
     path = Path(path)
     try:
-        if path.is_dir() and not data_files.is_dataset_folder(path):
+        if data_files.is_shard_folder(path):
             path = presplit_files(path)[0]
         return task_of(load_examples(path, spec, max_rows=rows))
     except (ValueError, FileNotFoundError, OSError):

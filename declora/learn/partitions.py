@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from declora.learn.data_files import is_dataset_folder
+from declora.learn.data_files import is_dataset_folder, is_shard_folder
 from declora.learn.examples import DataSpec, Example, TextExample, group_of, load_examples, presplit_files
 
 # Float labels (regression scores) are binned into this many equal-count groups before a split skews over them.
@@ -148,7 +148,7 @@ def split_for_peers(data_path: str | Path, n: int, scheme: str = "iid", seed: in
     if parse_scheme(scheme)[0] == "files":
         files = _files_for(data_path, n)
         return [load_examples(f, spec, **load_kwargs) for f in files]
-    if data_path.is_dir() and not is_dataset_folder(data_path):
+    if is_shard_folder(data_path):
         examples = [e for f in presplit_files(data_path) for e in load_examples(f, spec, **load_kwargs)]
     else:
         examples = load_examples(data_path, spec, **load_kwargs)

@@ -35,7 +35,7 @@ def load_reference(cfg: RunConfig, metric: str) -> dict | None:
     final = summary.get("final", {})
     value = final.get("metric_mean") if final.get("metric") == metric else None
     if value is None:
-        value = final.get(f"{metric.replace('-', '_')}_mean")
+        value = final.get(f"{record_key(metric).removeprefix('eval_')}_mean")
     return {"run": str(cfg.reference), "mode": summary.get("mode"), "metric": metric, "value": value}
 
 

@@ -40,9 +40,9 @@ def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
     train = Path(cfg.data)
     if cfg.eval_data:
         return train, Path(cfg.eval_data)
-    from declora.learn.data_files import is_dataset_folder
+    from declora.learn.data_files import is_shard_folder
 
-    held_out = held_out_file(train) if train.is_dir() and not is_dataset_folder(train) else None
+    held_out = held_out_file(train) if is_shard_folder(train) else None
     if held_out is None:
         raise ConfigError(f"--data {train} has no evaluation set: pass --eval-data PATH")
     return train, held_out
@@ -51,7 +51,7 @@ def data_paths(cfg: RunConfig) -> tuple[Path, Path]:
 def check_data(cfg: RunConfig) -> None:
     """Before any process starts: the user's training and evaluation files load. A bad file stops the launcher with
     one line, instead of every peer process dying with it after loading its model."""
-    from declora.learn.data_files import is_dataset_folder
+    from declora.learn.data_files import is_shard_folder
     from declora.learn.examples import load_examples, presplit_files, task_of
 
     multiple_choice_set(cfg)
@@ -60,7 +60,7 @@ def check_data(cfg: RunConfig) -> None:
     train, evaluation = data_paths(cfg)
     spec = data_spec(cfg)
     try:
-        shards = presplit_files(train) if train.is_dir() and not is_dataset_folder(train) else [train]
+        shards = presplit_files(train) if is_shard_folder(train) else [train]
         loaded = [load_examples(path, spec) for path in shards + [evaluation]]
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
@@ -99,7 +99,7 @@ def resolve_metric(cfg: RunConfig) -> str:
     if task == "regression":
         return "pearson"
     if task == "causal_lm":
-        return "mc-accuracy" if getattr(cfg, "mc_eval", "") else "loss"
+        return "mc-accuracy" if cfg.mc_eval else "loss"
     # The eval file: always one file (the training data may be a folder of shards); the shipped SST-2 is neither.
     layout = known_layout(data_paths(cfg)[1], data_spec(cfg)) if cfg.data or cfg.eval_data else None
     if layout == "paraphrase" and cfg.num_labels == 2:
