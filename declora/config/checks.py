@@ -69,6 +69,18 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(all(0 <= i < cfg.peers for i in hostile), f"--attackers must be peer ids in 0..{cfg.peers - 1}, "
                                                    f"got {cfg.attackers!r}")
     need(cfg.attack == "none" or hostile, f"--attack {cfg.attack} needs --attackers (which peers attack)")
+    need(cfg.deadline_s > 0, f"--deadline-s must be > 0 seconds, got {cfg.deadline_s}")
+    need(0 <= cfg.deadline_floor_s <= cfg.deadline_s,
+         f"--deadline-floor-s must be in 0..--deadline-s ({cfg.deadline_s}), got {cfg.deadline_floor_s}")
+    need(cfg.stale_rounds >= 0, f"--stale-rounds must be >= 0 (0 = on-time messages only), got {cfg.stale_rounds}")
+    need(0 <= cfg.stale_decay <= 1, f"--stale-decay must be in [0, 1], got {cfg.stale_decay}")
+    try:
+        slow = {i: f for i, f in ((i, cfg.slow_factor(i)) for i in range(cfg.peers)) if f != 1.0}
+    except ValueError:
+        raise ConfigError(f"--slow-peers must be ID:FACTOR pairs like 3:3 or 1:2,5:1.5, got {cfg.slow_peers!r}") \
+            from None
+    need(all(f >= 1 for f in slow.values()) and set(cfg._parse_slow()) <= set(range(cfg.peers)),
+         f"--slow-peers needs peer ids in 0..{cfg.peers - 1} and factors >= 1, got {cfg.slow_peers!r}")
     if cfg.hosts.strip().startswith("netns"):
         need(1 <= cfg.emulated_hosts() <= 200, f"--hosts netns:K needs K in 1..200 emulated hosts, got {cfg.hosts!r}")
     need(cfg.host_mbit >= 0, f"--host-mbit must be >= 0 (0 = no cap), got {cfg.host_mbit}")

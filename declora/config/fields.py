@@ -93,7 +93,18 @@ class RunConfig:
     peers_per_process: int = _opt(1, "simulate: peers per OS process, on threads, sharing one copy of the frozen base "
                                      "model (each keeps its own adapter, optimizer, data, endpoint, checkpoints)")
     threads: int = _opt(0, "torch threads per peer process (0 = cores / peers on this host, at least 1)")
-    deadline_s: float = _opt(300.0, "seconds a round waits for its neighbours before mixing what arrived")
+    deadline_s: float = _opt(300.0, "the most seconds a round waits for its neighbours before mixing what arrived "
+                                     "(with --adaptive-deadline, the cap and the first round's deadline)")
+    # timing of a round (issue 10): declora.core.deadlines
+    adaptive_deadline: bool = _opt(True, "gossip: wait at most twice a high percentile of the time the first half of "
+                                         "the neighbours recently took (floors below), not always --deadline-s")
+    deadline_floor_s: float = _opt(2.0, "adaptive deadline: never below this many seconds (nor below a quarter of "
+                                        "the peer's own training time per round)")
+    stale_rounds: int = _opt(2, "bounded staleness: a neighbour's message up to this many rounds late is still mixed, "
+                                "at a weight scaled by --stale-decay per round late (0 = on-time messages only)")
+    stale_decay: float = _opt(0.5, "bounded staleness: the weight a late message keeps per round it is late")
+    slow_peers: str = _opt("", "fault injection for tests and benchmarks: ID:FACTOR,... makes those peers' local "
+                               "training FACTOR times slower (e.g. 3:3)")
     start_timeout_s: float = _opt(300.0, "seconds a peer waits for its neighbours to come up before round 0")
     heartbeat_s: float = _opt(2.0, "liveness: a quiet neighbour gets a ping after this many seconds")
     missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
@@ -123,6 +134,18 @@ class RunConfig:
                                     "model of every round afterwards; costs disk)")
 
     # ---- derived values -----------------------------------------------------------------------------------------
+    def slow_factor(self, peer_id: int) -> float:
+        """--slow-peers: how many times slower this peer trains (1.0 = normal speed)."""
+        return self._memo("_slow", self._parse_slow).get(peer_id, 1.0)
+
+    def _parse_slow(self) -> dict[int, float]:
+        out = {}
+        for part in self.slow_peers.split(","):
+            if part.strip():
+                peer, factor = part.split(":")
+                out[int(peer)] = float(factor)
+        return out
+
     def attacker_ids(self) -> list[int]:
         return [int(x) for x in self.attackers.split(",") if x.strip()]
 

@@ -149,6 +149,22 @@ def renormalize_row(row_weights: dict[int, float], self_id: int, heard: set[int]
     return kept
 
 
+def discount_row(row_weights: dict[int, float], self_id: int, keep: dict[int, float]) -> dict[int, float]:
+    """Scale the weight of each peer in `keep` by its factor in [0, 1] (bounded staleness: a late message counts
+    less) and move what they lose onto self, so the row still sums to 1 and stays symmetric wherever the late
+    neighbour discounts us the same way."""
+    out = dict(row_weights)
+    for peer, factor in keep.items():
+        if peer == self_id or peer not in out:
+            continue
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"discount for peer {peer} must be in [0, 1], got {factor!r}")
+        lost = out[peer] * (1.0 - factor)
+        out[peer] -= lost
+        out[self_id] = out.get(self_id, 0.0) + lost
+    return out
+
+
 def _check_row(row_weights: dict[int, float]) -> None:
     # A row that does not sum to 1 would silently rescale the adapter; refuse it rather than renormalize it.
     total = 0.0

@@ -20,7 +20,7 @@ from declora.node.neighbourhood import neighbourhood_for
 from declora.node.peer import run_peer
 from declora.node.peer_threads import run_on_threads
 from declora.node.server import run_server
-from declora.node.transports import liveness_of
+from declora.node.transports import liveness_of, stale_rounds_of
 from declora.node.workload import build_learner, server_expectations
 from declora.wire.inproc import InProcNetwork
 from declora.wire.zmq_transport import ZmqTransport
@@ -52,10 +52,12 @@ def run_in_process(cfg: RunConfig, wire: str = "inproc") -> None:
 
 
 def _transports(cfg: RunConfig, links: dict, wire: str) -> dict:
-    liveness = liveness_of(cfg)
+    liveness, stale = liveness_of(cfg), stale_rounds_of(cfg)
     if wire == "inproc":
         net = InProcNetwork()
-        return {i: net.transport(i, nbrs, layout=layout, liveness=liveness) for i, (nbrs, layout) in links.items()}
+        return {i: net.transport(i, nbrs, layout=layout, liveness=liveness, max_stale_rounds=stale)
+                for i, (nbrs, layout) in links.items()}
     book = dict(zip(sorted(links), (f"tcp://127.0.0.1:{p}" for p in free_loopback_ports(len(links)))))
-    return {i: ZmqTransport(i, book[i], {j: book[j] for j in nbrs}, layout=layout, liveness=liveness)
+    return {i: ZmqTransport(i, book[i], {j: book[j] for j in nbrs}, layout=layout, liveness=liveness,
+                            max_stale_rounds=stale)
             for i, (nbrs, layout) in links.items()}

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from declora.config import RunConfig
 from declora.core.aggregate import consensus_distance
+from declora.core.deadlines import stale_weight
 from declora.core.factors import Adapter
-from declora.core.mixing import mixing_matrix, mixing_row, renormalize_row
+from declora.core.mixing import discount_row, mixing_matrix, mixing_row, renormalize_row
 from declora.core.plausibility import PlausibilityCheck
 from declora.core.robust import (COORDINATE_RULES, RobustRule, adapter_norm, clipped_weights, coordinatewise,
                                  distances_for)
@@ -42,6 +43,9 @@ class Received:
     implausible: dict[int, str] = field(default_factory=dict)  # dropped by the plausibility check, with the reason
     clipped: list[int] = field(default_factory=list)  # neighbours whose pull robust clipping shortened
     clip_radius: float | None = None
+    late: dict[int, int] = field(default_factory=dict)  # neighbours mixed from an earlier round: how many rounds late
+    arrivals: dict[int, float] = field(default_factory=dict)  # on-time neighbours: seconds after we were ready
+    awaited: int = 0  # neighbours the round waited for (live and not known to be behind)
 
 
 @dataclass
@@ -55,19 +59,24 @@ class Combined:
 class Gossip:
     """Graph neighbours, mixed with this peer's row of the mixing matrix by the run's strategy.
 
+    A neighbour cut off by the deadline is mixed in a later round at a discounted weight (bounded staleness,
+    core.deadlines.stale_weight), so the round's deadline can adapt to the neighbours' arrivals (`adapts_deadline`).
     Every received adapter first passes the plausibility check (an implausible one is dropped, logged and counted, as
     if it had not arrived); then the robust rule, if any, decides how much each neighbour may pull (declora.core.robust).
     """
 
+    adapts_deadline = True
+
     def __init__(self, peer_id: int, topology, row: dict[int, float], strategy: Strategy, rank: int,
                  max_rank: int, alpha: float, rslora: bool, robust: RobustRule = RobustRule(),
-                 plausibility: PlausibilityCheck | None = None):
+                 plausibility: PlausibilityCheck | None = None, stale_rounds: int = 0, stale_decay: float = 0.5):
         self.peer_id, self.topology, self.row, self.strategy = peer_id, topology, row, strategy
         self.neighbours = topology.neighbors(peer_id)
         self.rank, self.max_rank, self.alpha, self.rslora = rank, max_rank, alpha, rslora
         self.robust = robust
         self.plausibility = plausibility if plausibility is not None else PlausibilityCheck()
         self.implausible_total = 0
+        self.stale_rounds, self.stale_decay = stale_rounds, stale_decay
 
     def inbound_layout(self, mine: Adapter) -> AdapterLayout:
         """Our modules and dense tensors; factor averaging needs our rank, the exact modes any rank up to the
@@ -77,15 +86,21 @@ class Gossip:
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
                  deadline_s: float) -> Received:
         result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s)
-        adapters = decode_received(result.received, transport.layout)
+        # A neighbour cut off by an earlier round's deadline counts now, discounted by how late it is.
+        adapters = decode_received({**result.received, **result.late}, transport.layout)
         implausible = self.plausibility.screen(adapter_norm(mine), {j: adapter_norm(a) for j, a in adapters.items()})
         for j, why in implausible.items():
             log.warning("peer %d round %d: dropped neighbour %d's adapter as implausible: %s", self.peer_id, t, j, why)
             del adapters[j]
         self.implausible_total += len(implausible)
+        late = {j: t - m.round for j, m in result.late.items() if j in adapters}
         weights = renormalize_row(self.row, self.peer_id, heard=set(adapters))
-        return Received(adapters, weights, list(result.missing), sum(m.nbytes for m in result.received.values()),
-                        result.waited_s, result.bytes_sent, implausible=implausible)
+        if late:
+            weights = discount_row(weights, self.peer_id,
+                                   {j: stale_weight(age, self.stale_rounds, self.stale_decay) for j, age in late.items()})
+        nbytes = sum(m.nbytes for m in (*result.received.values(), *result.late.values()))
+        return Received(adapters, weights, list(result.missing), nbytes, result.waited_s, result.bytes_sent,
+                        implausible=implausible, late=late, arrivals=dict(result.arrivals), awaited=result.awaited)
 
     def combine(self, mine: Adapter, got: Received) -> Combined:
         """Our exact adapter mixed with the neighbours' decoded ones (robustly, if the run says so)."""
@@ -118,6 +133,14 @@ class Gossip:
     def adopt(self, theirs: Adapter) -> Adapter:
         """A neighbour's state as our adapter: at our own rank (svd and zeropad re-factorize or pad it)."""
         return self.strategy.combine([theirs], [1.0], rank=self.rank, alpha=self.alpha, rslora=self.rslora)
+
+    def mix_states(self, mine: Adapter, theirs: dict[int, Adapter]) -> Adapter:
+        """A straggler rejoining: its adapter mixed with the neighbours' states by its row, renormalized over them."""
+        weights = renormalize_row(self.row, self.peer_id, heard=set(theirs))
+        ids = [self.peer_id, *sorted(theirs)]
+        adapters = [mine if i == self.peer_id else theirs[i] for i in ids]
+        return self.strategy.combine(adapters, [weights[i] for i in ids], rank=self.rank, alpha=self.alpha,
+                                     rslora=self.rslora)
 
     def state_dict(self) -> dict:
         """What it learned from past rounds (the plausibility check's history): goes into the checkpoint."""
@@ -201,4 +224,5 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
     row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
                   alpha=cfg.alpha, rslora=cfg.rslora, robust=RobustRule(cfg.robust, cfg.robust_trim),
-                  plausibility=PlausibilityCheck(cfg.plausible_ratio))
+                  plausibility=PlausibilityCheck(cfg.plausible_ratio), stale_rounds=cfg.stale_rounds,
+                  stale_decay=cfg.stale_decay)

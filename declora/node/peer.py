@@ -19,7 +19,8 @@ from declora.config import ConfigError, RunConfig, add_peer_flags
 from declora.core.attacks import HostileSender
 from declora.learn.learner import Learner
 from declora.learn.metrics import record_key
-from declora.node.catch_up import catch_up
+from declora.core.deadlines import AdaptiveDeadline, FixedDeadline
+from declora.node.catch_up import catch_up, rejoin_if_behind
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.heap import trim_heap
 from declora.node.metrics import MetricsWriter
@@ -46,16 +47,22 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     board, metric = open_peer_board(cfg, peer_id, start_round), resolve_metric(cfg)  # --report-to; what judges
     started = time.time()
 
+    deadline = deadline_policy(cfg, hood)
     transport.set_round(start_round)
     with transport:
         wait_for_neighbours(transport, hood.neighbours, cfg.start_timeout_s)
-        resumed_at, start_round = start_round, catch_up(transport, hood, learner, start_round, cfg.deadline_s)
-        for t in range(start_round, cfg.rounds):
+        resumed_at = start_round
+        t = start_round = catch_up(transport, hood, learner, start_round, cfg.deadline_s, cfg.rounds)
+        while t < cfg.rounds:
+            skipped_from, t = t, rejoin_if_behind(transport, hood, learner, t, cfg.stale_rounds, cfg.rounds)
             round_start = time.time()
             train_stats = rollback.train(t)
+            slow_down(cfg, peer_id, time.time() - round_start)  # --slow-peers: fault injection for benchmarks
+            compute_s = time.time() - round_start
 
             mine = learner.adapter()
-            got = hood.exchange(transport, t, mine, sender, learner.samples, cfg.deadline_s)
+            got = hood.exchange(transport, t, mine, sender, learner.samples, deadline.seconds())
+            deadline.observe(list(got.arrivals.values()), got.awaited, got.waited_s, compute_s)
             result = hood.combine(mine, got)
             if result is not None and not rollback.accept(result.adapter, t):
                 result = None  # a non-finite mix is dropped on the spot: we keep our own adapter
@@ -69,12 +76,14 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
 
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
                       "train_samples": train_stats["samples"], "neighbours": len(hood.neighbours),
-                      "neighbours_heard": len(got.adapters),
-                      "neighbours_missing": got.missing, "distance_to_neighbours": got.distance,
+                      "neighbours_heard": len(got.adapters) - len(got.late),
+                      "neighbours_missing": got.missing, "late": {str(j): age for j, age in sorted(got.late.items())}, "distance_to_neighbours": got.distance,
                       "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
                       "implausible": sorted(got.implausible), "clipped": got.clipped, "rollbacks": rollback.count}
             if t == start_round and start_round != resumed_at:
                 record["caught_up_from_round"] = resumed_at
+            if skipped_from != t:
+                record["rejoined_from_round"] = skipped_from
             record.update(evaluate_if_due(cfg, learner, t, metric))
             record.update(round_seconds=time.time() - round_start, elapsed_s=time.time() - started)
             metrics.write(record)
@@ -91,13 +100,30 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             published = hood.state_message(t, after)  # for a neighbour that comes back behind
             if published is not None:
                 transport.publish_state(published)
-            log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], len(got.adapters),
+            log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], record["neighbours_heard"],
                      len(hood.neighbours), _eval_text(record))
+            t += 1
 
         if cfg.save_adapters:
             learner.save(run_dir / "adapters" / f"peer-{peer_id}", base_changed=bool(merged))
     metrics.close()
     board.close()
+
+
+def deadline_policy(cfg: RunConfig, hood) -> AdaptiveDeadline | FixedDeadline:
+    """Gossip adapts its deadline to its neighbours' arrivals (core.deadlines); a server client waits for the
+    aggregate as long as --deadline-s allows, since the server itself already bounds its own wait."""
+    if cfg.adaptive_deadline and getattr(hood, "adapts_deadline", False):
+        return AdaptiveDeadline(cap_s=cfg.deadline_s, floor_s=cfg.deadline_floor_s)
+    return FixedDeadline(cfg.deadline_s)
+
+
+def slow_down(cfg: RunConfig, peer_id: int, train_s: float) -> None:
+    """--slow-peers ID:FACTOR: this peer's local training takes FACTOR times as long (it sleeps the difference);
+    how benchmarks and tests make a straggler."""
+    factor = cfg.slow_factor(peer_id)
+    if factor > 1.0:
+        time.sleep((factor - 1.0) * train_s)
 
 
 def accumulate(total: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,12 @@ def liveness_of(cfg: RunConfig) -> Liveness:
     return Liveness(heartbeat_interval_s=cfg.heartbeat_s, missed_intervals_before_down=cfg.missed_heartbeats)
 
 
+def stale_rounds_of(cfg: RunConfig) -> int:
+    """How late a round message may be and still be kept: gossip mixes late messages (bounded staleness); the
+    server baseline's rounds are synchronous, so there a late message is only old."""
+    return 0 if cfg.server else cfg.stale_rounds
+
+
 def run_address_book(cfg: RunConfig) -> dict[int, str]:
     """Every process id of the run -> its endpoint; a gossip topology file's nodes may carry the addresses."""
     topology = None if cfg.server or cfg.mode == "centralized" else cfg.gossip_topology()
@@ -35,7 +41,7 @@ def open_transport(cfg: RunConfig, me: int, neighbours: list[int], layout: Adapt
         security = load_security(cfg.keys, me)
     return ZmqTransport(
         me, bind_endpoint(book[me]), {j: book[j] for j in neighbours}, layout=layout, liveness=liveness_of(cfg),
-        security=security, allow_plaintext_nonlocal=cfg.insecure,
+        security=security, allow_plaintext_nonlocal=cfg.insecure, max_stale_rounds=stale_rounds_of(cfg),
     )
 
 

@@ -11,10 +11,11 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from declora.wire.liveness import Liveness
+from declora.wire.state_transfer import StateTransfer
 from declora.wire.protocol import (
     PROTOCOL_VERSION,
     TENSOR_KINDS,
@@ -46,9 +47,14 @@ class RoundResult:
     missing: list[int]
     waited_s: float
     bytes_sent: int = 0  # this round's own message, once per neighbour it was handed to (no heartbeats)
+    # seconds after the collect began that each received message arrived (0: it was already there)
+    arrivals: dict[int, float] = field(default_factory=dict)
+    # bounded staleness: a missing neighbour's message from an earlier round that came after that round's collect
+    late: dict[int, Message] = field(default_factory=dict)
+    awaited: int = 0  # neighbours the collect waited for when it began: expected, live, and not known to be behind
 
 
-class Transport:
+class Transport(StateTransfer):
     """The round inbox and counters shared by the ZeroMQ and in-process transports.
 
     Subclasses provide `start`, `close`, `_send_frames(to, frames) -> bool` and `_live_set() -> set[int]` (and may
@@ -57,16 +63,23 @@ class Transport:
     """
 
     def __init__(self, peer_id: int, neighbours: Iterable[int], *, layout: AdapterLayout | None = None,
-                 limits: Limits = Limits(), liveness: Liveness = Liveness(), max_future_rounds: int = 4):
+                 limits: Limits = Limits(), liveness: Liveness = Liveness(), max_future_rounds: int = 4,
+                 max_stale_rounds: int = 0):
         self.peer_id = int(peer_id)
         self.neighbours: tuple[int, ...] = tuple(sorted({int(j) for j in neighbours} - {self.peer_id}))
         self.layout = layout
         self.limits = limits
         self.liveness = liveness
         self.max_future_rounds = int(max_future_rounds)
+        # A round message up to this many rounds late is kept (the newest per sender) for the next collect to hand
+        # out as `late`, unless that sender's message for a round as new was already handed out.
+        self.max_stale_rounds = int(max_stale_rounds)
         self.endpoint = ""
         self._cv = threading.Condition()
         self._inbox: dict[tuple[Kind, int], dict[int, Message]] = {}
+        self._arrival: dict[tuple[Kind, int], dict[int, float]] = {}  # when each inbox message was filed
+        self._late: dict[Kind, dict[int, Message]] = {}  # per kind: each sender's newest late message
+        self._handed: dict[Kind, dict[int, int]] = {}  # per kind: the newest round handed out per sender
         self._floor: dict[Kind, int] = {}  # per kind: rounds below this are over
         self._round = 0  # this peer's current round, stated in PINGs and HELLOs
         self._hello: dict[int, dict] = {}
@@ -78,6 +91,7 @@ class Transport:
         self._c_drop: Counter = Counter()
         self._c_down = Counter()
         self._c_events: Counter = Counter()
+        self._c_late = 0  # round messages kept as late (bounded staleness)
         self._io_error: BaseException | None = None  # set when the I/O thread has failed for good
         self._state: Message | None = None  # our latest STATE, answered to a neighbour's STATE_REQUEST
         self._state_sent: dict[int, float] = {}  # when we last answered each neighbour (at most once a second)
@@ -156,6 +170,7 @@ class Transport:
         start = time.monotonic()
         end = start + max(0.0, float(deadline_s))
         tick = min(0.25, self.liveness.heartbeat_interval_s / 2)
+        awaited = None
         with self._cv:
             self._round = max(self._round, int(round))
             self._advance_floor(kind, int(round))
@@ -163,13 +178,36 @@ class Transport:
                 self._check_io()
                 box = self._inbox.get((kind, round), {})
                 waiting = (expect & self._live_set()) - set(box) - self._not_coming(round)
+                if awaited is None:
+                    awaited = len(waiting) + len(set(box) & expect)
                 now = time.monotonic()
                 if not waiting or now >= end:
                     break
                 self._cv.wait(min(end - now, tick))
             received = self._inbox.pop((kind, round), {})
+            arrived = self._arrival.pop((kind, round), {})
             self._floor[kind] = int(round) + 1
-        return RoundResult(dict(sorted(received.items())), sorted(expect - set(received)), time.monotonic() - start)
+            late = self._take_late(kind, int(round), received)
+        arrivals = {j: max(0.0, arrived.get(j, start) - start) for j in received}
+        return RoundResult(dict(sorted(received.items())), sorted(expect - set(received)), time.monotonic() - start,
+                           arrivals=arrivals, late=late, awaited=awaited or 0)
+
+    def _take_late(self, kind: Kind, round: int, received: dict[int, Message]) -> dict[int, Message]:
+        """The late messages this collect hands out (lock held): per sender not heard on time, its newest message
+        from rounds round - max_stale_rounds .. round - 1 that is newer than anything of it handed out before.
+        What is not handed out now never will be: a later round's message supersedes it."""
+        handed = self._handed.setdefault(kind, {})
+        late = {}
+        for j, m in sorted(self._late.pop(kind, {}).items()):
+            if j not in received and round - self.max_stale_rounds <= m.round < round \
+                    and m.round > handed.get(j, -1):
+                late[j] = m
+                handed[j] = m.round
+            else:
+                self._count_drop("superseded", j, f"late round {m.round}, collected round {round}")
+        for j in received:
+            handed[j] = round
+        return late
 
     def _not_coming(self, round: int) -> set[int]:
         """Neighbours whose message for `round` will not come (lock held): one known to be behind (its latest word
@@ -193,49 +231,19 @@ class Transport:
         for k, r in [key for key in self._inbox if key[0] == kind]:
             if r < floor or r > floor + self.max_future_rounds:
                 reason = "old_round" if r < floor else "future_round"
+                self._arrival.pop((k, r), None)
                 for sender in self._inbox.pop((k, r)):
                     self._count_drop(reason, sender, f"round {r} buffered, now at {floor}")
 
     def set_round(self, round: int) -> None:
         """The round this peer is at, before its first exchange (a resumed peer): HELLOs and PINGs say it, so that
-        neighbours do not take a resumed peer for one that is behind."""
+        neighbours do not take a resumed peer for one that is behind. A peer that jumps ahead mid-run (a straggler
+        rejoining) also moves its round floors there: what is buffered for the skipped rounds is over, and the
+        neighbours' messages for the rounds it now runs must fit the window of future rounds."""
         with self._cv:
             self._round = int(round)
-
-    # ---- catch-up: state transfer ------------------------------------------------------------------------------------
-    def publish_state(self, message: Message) -> None:
-        """The STATE message to answer neighbours' STATE_REQUESTs with (the peer's adapter after its last round)."""
-        if message.kind != Kind.STATE:
-            raise ValueError(f"publish_state takes a {Kind.STATE.value} message, not {message.kind.value}")
-        with self._cv:
-            self._state = message
-
-    def request_state(self, timeout_s: float, which: Iterable[int] | None = None) -> dict[int, Message]:
-        """Ask live neighbours (default: all live) for their state; wait until at least one answered or `timeout_s`
-        passed, then a moment more for the others. Returns the answers by sender (decoded, layout-checked)."""
-        targets = sorted(self.live_neighbours() if which is None else set(which))
-        with self._cv:
-            self._states.clear()
-        for j in targets:
-            self._send_control(j, Kind.STATE_REQUEST)
-        end = time.monotonic() + timeout_s
-        with self._cv:
-            while not self._states and time.monotonic() < end:
-                self._cv.wait(min(0.1, max(0.0, end - time.monotonic())))
-            grace = time.monotonic() + min(0.5, timeout_s)
-            while len(self._states) < len(targets) and time.monotonic() < min(grace, end):
-                self._cv.wait(0.05)
-            return dict(self._states)
-
-    def _answer_state_request(self, sender: int) -> None:
-        with self._cv:
-            state, last = self._state, self._state_sent.get(sender, -1e9)
-            if state is None or time.monotonic() - last < 1.0:  # nothing yet, or asked again too soon: a flood
-                if state is not None:
-                    self._count_drop("state_request_flood", sender, "answered less than a second ago")
-                return
-            self._state_sent[sender] = time.monotonic()
-        self._send_counted(sender, to_frames(state), state.nbytes)
+            for kind in list(self._floor):
+                self._advance_floor(kind, int(round))
 
     # ---- state --------------------------------------------------------------------------------------------------------
     def live_neighbours(self) -> set[int]:
@@ -284,6 +292,7 @@ class Transport:
                 "bytes_received_total": sum(c.get("bytes", 0) for c in recv.values()),
                 "messages_received_total": sum(c.get("messages", 0) for c in recv.values()),
                 "dropped_total": sum(self._c_drop.values()),
+                "late_kept": self._c_late,
                 "sent": sent,
                 "received": recv,
                 "dropped": dict(self._c_drop),
@@ -369,13 +378,23 @@ class Transport:
     def _round_problem(self, sender: int, msg: Message) -> tuple[str, str] | None:
         """Why a round message cannot be kept, or None (lock held)."""
         floor = self._floor.get(msg.kind)
-        if floor is not None and msg.round < floor:
+        if floor is not None and msg.round < floor and not self._may_be_late(sender, msg, floor):
             return "old_round", f"{msg.kind.value} round {msg.round}, already at round {floor}"
         if floor is not None and msg.round > floor + self.max_future_rounds:
             return "future_round", f"{msg.kind.value} round {msg.round}, only up to {floor + self.max_future_rounds} kept"
         if sender in self._inbox.get((msg.kind, msg.round), {}):
             return "duplicate", f"second {msg.kind.value} for round {msg.round}"
         return None
+
+    def _may_be_late(self, sender: int, msg: Message, floor: int) -> bool:
+        """A message for a round already collected is kept as late when it is within the staleness bound and newer
+        than whatever of its sender was handed out or is already kept (lock held)."""
+        if msg.round < floor - self.max_stale_rounds:
+            return False
+        if msg.round <= self._handed.get(msg.kind, {}).get(sender, -1):
+            return False
+        kept = self._late.get(msg.kind, {}).get(sender)
+        return kept is None or msg.round > kept.round
 
     def _file_round_message(self, sender: int, msg: Message) -> None:
         with self._cv:
@@ -395,20 +414,15 @@ class Transport:
             if problem:
                 self._count_drop(problem[0], sender, problem[1])
                 return
+            floor = self._floor.get(msg.kind)
+            if floor is not None and msg.round < floor:  # late: the newest per sender waits for the next collect
+                self._late.setdefault(msg.kind, {})[sender] = msg
+                self._c_late += 1
+                self._cv.notify_all()
+                return
             self._inbox.setdefault((msg.kind, msg.round), {})[sender] = msg
+            self._arrival.setdefault((msg.kind, msg.round), {})[sender] = time.monotonic()
             self._evict_excess(msg.kind, sender)
-            self._cv.notify_all()
-
-    def _file_state(self, sender: int, msg: Message) -> None:
-        with self._cv:
-            self._count_received(sender, msg)
-        try:  # outside the lock, as for round messages
-            decode_message(msg)
-        except ProtocolError as e:
-            self._drop(e.reason, sender, str(e))
-            return
-        with self._cv:
-            self._states[sender] = msg
             self._cv.notify_all()
 
     def _evict_excess(self, kind: Kind, sender: int) -> None:
@@ -419,6 +433,8 @@ class Transport:
         for r in rounds[: max(0, len(rounds) - self.max_future_rounds - 1)]:
             box = self._inbox[(kind, r)]
             del box[sender]
+            self._arrival.get((kind, r), {}).pop(sender, None)
             if not box:
                 del self._inbox[(kind, r)]
+                self._arrival.pop((kind, r), None)
             self._count_drop("evicted", sender, f"round {r} pushed out by its newer rounds")

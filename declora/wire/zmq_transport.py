@@ -60,9 +60,10 @@ class ZmqTransport(Transport):
     def __init__(self, peer_id: int, bind: str, neighbours: dict[int, str], *, layout: AdapterLayout | None = None,
                  limits: Limits = Limits(), liveness: Liveness = Liveness(),
                  security: sec.SecurityConfig | None = None, allow_plaintext_nonlocal: bool = False,
-                 sndhwm: int = 16, rcvhwm: int = 64, linger_s: float = 1.0, max_future_rounds: int = 4):
+                 sndhwm: int = 16, rcvhwm: int = 64, linger_s: float = 1.0, max_future_rounds: int = 4,
+                 max_stale_rounds: int = 0):
         super().__init__(peer_id, neighbours, layout=layout, limits=limits, liveness=liveness,
-                         max_future_rounds=max_future_rounds)
+                         max_future_rounds=max_future_rounds, max_stale_rounds=max_stale_rounds)
         self.bind_endpoint = bind
         self.addresses = {int(j): ep for j, ep in neighbours.items() if int(j) != self.peer_id}
         self.security = security
