@@ -108,6 +108,8 @@ def run_fault(name: str, spec: dict, args, out: Path) -> dict:
            "--eval-every", str(args.rounds), "--keep-checkpoints", "2", "--no-save-adapters", "--group-by-length",
            "--seed", str(args.seed), "--partition", args.partition, "--threads", "1", "--fault-tolerant",
            "--heartbeat-s", "1", "--missed-heartbeats", "5", *spec["flags"]]
+    if args.model:  # a smoke run of this script on a tiny model (tests/CI use tiny-bert); the default is MiniLM
+        cmd += ["--model", args.model]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done, kills = threading.Event(), []
     watcher = threading.Thread(target=killer, args=(out, spec.get("kills", []), done, kills), daemon=True)
@@ -133,6 +135,7 @@ def main() -> int:
     p.add_argument("--topology", default=f"exp:{PEERS}")
     p.add_argument("--partition", default="dirichlet:0.5")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="", help="default: the pretrained MiniLM; tiny-bert for a smoke run")
     p.add_argument("--only", default="", help="comma list of faults to run (default: all)")
     p.add_argument("--reuse", action="store_true", help="keep faults an earlier invocation finished (same settings!)")
     args = p.parse_args()
@@ -145,7 +148,7 @@ def main() -> int:
         p.error(f"unknown fault(s) {unknown}; choose from {', '.join(specs)}")
     if "none" not in wanted:
         wanted.insert(0, "none")  # every ratio is against the no-fault run
-    runs, cells, started = ROOT / "runs" / "bench_faults", [], time.time()
+    runs, cells, started = ROOT / "runs" / ("bench_faults" + (f"-{args.model}" if args.model else "")), [], time.time()
     for name in wanted:
         cell = run_fault(name, specs[name], args, runs / name)
         cells.append(cell)
@@ -154,7 +157,7 @@ def main() -> int:
               f"{'n/a' if acc is None else f'{100 * acc:.2f} %'}  {cell['wall_s']:.0f} s  {cell['happened']}",
               flush=True)
     settings = {k: getattr(args, k) for k in ("rounds", "local_steps", "topology", "partition", "seed")}
-    path = write_result("bench_faults", {"settings": {**settings, "peers": PEERS, "model": "all-MiniLM-L6-v2",
+    path = write_result("bench_faults" + (f"_{args.model}" if args.model else ""), {"settings": {**settings, "peers": PEERS, "model": args.model or "all-MiniLM-L6-v2",
                                                       "data": "SST-2 (shipped)"},
                                          "cells": cells, "wall_s": round(time.time() - started, 1)})
     print(table(cells))

@@ -49,6 +49,10 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
 
     deadline = deadline_policy(cfg, hood)
     transport.set_round(start_round)
+    if start_round > 0:  # resumed: a neighbour further behind may ask for our state before we finish a round
+        published = hood.state_message(start_round - 1, learner.adapter())
+        if published is not None:
+            transport.publish_state(published)
     with transport:
         wait_for_neighbours(transport, hood.neighbours, cfg.start_timeout_s)
         resumed_at = start_round
