@@ -51,7 +51,7 @@ def kill_after_round(out: Path, peer: int, round_: int) -> tuple[int, int]:
 
 
 def test_a_killed_peer_is_restarted_catches_up_and_finishes(tmp_path):
-    rounds = 600  # tiny rounds take ~50 ms: the others must still be running when the restarted peer is up
+    rounds = 300  # tiny rounds take 50-200 ms: the others must still be running when the restarted peer is up
     out = tmp_path / "run"
     proc = launcher(out, [*classification_args(tmp_path), "--peers", "3", "--topology", "complete:3", "--rounds",
                           str(rounds), *QUICK, "--restart-dead"])
@@ -111,15 +111,20 @@ def test_resume_without_a_common_round_resumes_each_peer_from_its_own(tmp_path):
         assert records[-1]["round"] == 13
         assert sorted(int(p.stem.split("-")[1]) for p in (out / "checkpoints" / f"peer-{peer}").glob("round-*.pt")) \
             == [12, 13]
-    # Peers 1 and 2 went on from round 6 without replaying; peer 0 from round 2.
-    for peer in (1, 2):
+    for peer in (1, 2):  # they went on from round 6, once each
         assert [r["round"] for r in rows(out, peer)] == list(range(14))
-    assert rows(out, 0)[2]["round"] == 2 or rows(out, 0)[2].get("caught_up_from_round") == 2
+    after = rows(out, 0)[2]  # peer 0's first record after its checkpoint of round 1
+    assert after["round"] == 2 or after.get("caught_up_from_round") == 2
+    if "caught_up_from_round" not in after:
+        # Peer-side, not the launcher's: all peers start together, so peer 0 asks for state before its neighbours
+        # have finished a round, and a neighbour answers only with the state published after one (node.catch_up).
+        pytest.xfail("peer 0 resumed at round 2 but found no neighbour state to catch up with: the resumed peers "
+                     "publish no state before their first round")
 
 
 def test_peers_dead_for_good_that_split_the_graph_are_reported(tmp_path):
     """ring:4 without restarts: peers 0 and 2 are killed; 1 and 3 are left with no live neighbour."""
-    rounds = 400
+    rounds = 100
     out = tmp_path / "run"
     proc = launcher(out, [*classification_args(tmp_path), "--peers", "4", "--topology", "ring:4", "--rounds",
                           str(rounds), *QUICK, "--fault-tolerant"])
