@@ -283,7 +283,8 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
                 dead_reported.add(pid)
                 others = [p for p in procs.running() if p != pid] + list(faults.pending)
                 died, *then = faults.died(pid, code, others_running=bool(others))
-                print(f"{died}: {procs.why(pid)}\n  log: {procs.logs[pid]}\n{procs.log_tail(pid)}", file=out, flush=True)
+                print(f"{died}: {procs.why(pid)}\n  log: {procs.logs[pid]}\n{procs.log_tail(pid)}", file=out,
+                      flush=True)
                 for line in then:
                     print(line, file=out, flush=True)
                 if not cfg.fault_tolerant:

@@ -121,8 +121,8 @@ class Faults:
         """Record a death; schedule a restart when one is allowed. Returns the lines to print."""
         at, group = self.now(), self.groups[pid]
         last = {peer: last_round(self.run_dir, peer) for peer in group}
-        after = "" if self.cfg.server and pid == self.cfg.server_id else \
-            f", last round in its metrics {last[pid] + 1 if last[pid] is not None else 'none'}" if len(group) == 1 else ""
+        # Counted as the progress lines count (from 1); summary.json keeps the metrics' own 0-based round.
+        after = f", last round in its metrics {last[pid] + 1}" if len(group) == 1 and last[pid] is not None else ""
         lines = [f"declora: {self.who(pid).removeprefix('the ')} died ({exit_text(code)}, t={at:.0f}s{after})"]
         for peer in group:
             self.deaths.append({"peer": peer, "process": pid, "at_s": at, "last_round": last[peer],
@@ -195,7 +195,8 @@ class Faults:
             caught = next((r for r in per_peer.get(back["peer"], []) if r.get("caught_up_from_round") is not None
                            and r["caught_up_from_round"] <= start <= r["round"]), None)
             if caught is not None:  # what the peer really did
-                back = {**back, "resumed_at_round": caught["caught_up_from_round"], "caught_up_to_round": caught["round"]}
+                back = {**back, "resumed_at_round": caught["caught_up_from_round"],
+                        "caught_up_to_round": caught["round"]}
             returns.append(back)
         return {"deaths": self.deaths, "returns": returns, "dead_for_good": sorted(self.dead_peers()),
                 "graph_parts": split_graph(self.cfg, self.dead_peers())}
