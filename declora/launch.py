@@ -266,11 +266,12 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
         group, prefix = groups[pid], hosts.exec_prefix(host_of(cfg, pid)) if hosts else []
         if is_server(cfg, pid):
             procs.start(pid, prefix + peer_command(config_path, pid, threads, "server", resume_round), env)
-        elif len(group) == 1:
-            procs.start(pid, prefix + group_command(config_path, group, threads, resume_round, resume), env)
+            return
+        cmd = prefix + group_command(config_path, group, threads, resume_round, resume)
+        if len(group) == 1:
+            procs.start(pid, cmd, env)
         else:
-            procs.start(pid, prefix + group_command(config_path, group, threads, resume_round, resume),
-                        group_env(env), name=f"peers-{group[0]}-{group[-1]}")
+            procs.start(pid, cmd, group_env(env), name=f"peers-{group[0]}-{group[-1]}")
 
     handlers = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
