@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig, make_out_dir, write_run_config
+from declora.launch_faults import Faults, check_restart, resume_point
 from declora.node.addressbook import free_loopback_ports, write_addresses
-from declora.node.checkpoint import common_rounds, saved_rounds
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
 from declora.node.netns import EmulatedHosts, NetnsError, remove_stale
 from declora.node.report import check_reporting, end_table, final_line, load_reference
@@ -48,12 +48,17 @@ def threads_per_process(cfg: RunConfig, local_processes: int) -> int:
 
 
 def peer_command(config_path: Path, peer_id: int, threads: int, role: str = "peer",
-                 resume_round: int | None = None) -> list[str]:
+                 resume_round: int | None = None, resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", f"declora.node.{role}", "--config", str(config_path), "--peer-id", str(peer_id),
            "--threads", str(threads)]
+    return cmd + resume_flags(resume_round, resume)
+
+
+def resume_flags(resume_round: int | None, resume: bool) -> list[str]:
+    """--resume --resume-round R: every peer from round R; --resume alone: each from its own latest checkpoint."""
     if resume_round is not None:
-        cmd += ["--resume", "--resume-round", str(resume_round)]
-    return cmd
+        return ["--resume", "--resume-round", str(resume_round)]
+    return ["--resume"] if resume else []
 
 
 def process_groups(cfg: RunConfig, ids: list[int]) -> list[list[int]]:
@@ -64,15 +69,14 @@ def process_groups(cfg: RunConfig, ids: list[int]) -> list[list[int]]:
     return [peers[k:k + size] for k in range(0, len(peers), size)] + [[i] for i in ids if is_server(cfg, i)]
 
 
-def group_command(config_path: Path, group: list[int], threads: int, resume_round: int | None = None) -> list[str]:
+def group_command(config_path: Path, group: list[int], threads: int, resume_round: int | None = None,
+                  resume: bool = False) -> list[str]:
     """The command of a process running `group`: a plain peer (or the server) for one id, else node.group."""
     if len(group) == 1:
-        return peer_command(config_path, group[0], threads, "peer", resume_round)
+        return peer_command(config_path, group[0], threads, "peer", resume_round, resume)
     cmd = [sys.executable, "-m", "declora.node.group", "--config", str(config_path),
            "--peer-ids", ",".join(map(str, group)), "--threads", str(threads)]
-    if resume_round is not None:
-        cmd += ["--resume", "--resume-round", str(resume_round)]
-    return cmd
+    return cmd + resume_flags(resume_round, resume)
 
 
 class Stopped(Exception):
@@ -119,6 +123,10 @@ class PeerProcesses:
         self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         log.close()
+        # DIR/processes.json: the OS pid of each process (by its first peer id), for tools and fault-injection tests.
+        tmp = self.run_dir / "processes.json.tmp"
+        tmp.write_text(json.dumps({str(i): p.pid for i, p in sorted(self.procs.items())}) + "\n")
+        tmp.replace(self.run_dir / "processes.json")
 
     def failures(self) -> dict[int, int]:
         return {pid: p.returncode for pid, p in self.procs.items() if p.poll() is not None and p.returncode != 0}
@@ -208,6 +216,7 @@ def simulate(cfg: RunConfig, out=None) -> int:
     """Run every process of the run on this host (on emulated hosts with --hosts netns:K); return the exit status."""
     check_data(cfg)
     check_reporting(cfg)
+    cfg = check_restart(cfg)
     with emulated_hosts(cfg) as hosts:
         cfg, config_path = prepare_run_dir(cfg, ephemeral_keys=True, hosts=hosts)
         return run_processes(cfg, config_path, process_ids(cfg), out=out, hosts=hosts)
@@ -246,51 +255,49 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
     started = time.time()
     print(f"declora: {describe(cfg)}; {len(groups)} processes x {threads} threads; output in {run_dir}", file=out,
           flush=True)
-    resume_round = None
-    if cfg.resume:
-        # Peers may have been a round apart when the run was killed: all resume from the latest round all have.
-        peers = [i for i in ids if not is_server(cfg, i)]
-        resume_round = max(common_rounds(run_dir, peers), default=None)
-        held = {p: saved_rounds(run_dir, p) for p in peers}
-        if resume_round is None and any(held.values()):
-            # Starting over would cut every peer's metrics and bury its checkpoints; without a state transfer
-            # between peers (issue 10's catch-up) they cannot resume from different rounds either.
-            have = "; ".join(f"peer {p}: {','.join(map(str, r)) or 'none'}" for p, r in held.items())
-            raise ConfigError(f"--resume: the peers have no checkpoint round in common ({have}); resume with "
-                              f"--keep-checkpoints 0 runs, or start a new run in another --out")
-        print(f"declora: resuming after round {resume_round + 1}" if resume_round is not None
-              else "declora: nothing to resume, starting at round 1", file=out, flush=True)
+    resume_round, own_latest = resume_point(cfg, run_dir, ids, out) if cfg.resume else (None, False)
     expected = len([pid for pid in ids if not is_server(cfg, pid)])
     printed = -1
     dead_reported: set[int] = set()
+    faults = Faults(cfg, run_dir, groups, started)
     status = 0
+
+    def start(pid: int, resume_round: int | None, resume: bool) -> None:
+        group, prefix = groups[pid], hosts.exec_prefix(host_of(cfg, pid)) if hosts else []
+        if is_server(cfg, pid):
+            procs.start(pid, prefix + peer_command(config_path, pid, threads, "server", resume_round), env)
+            return
+        cmd = prefix + group_command(config_path, group, threads, resume_round, resume)
+        if len(group) == 1:
+            procs.start(pid, cmd, env)
+        else:
+            procs.start(pid, cmd, group_env(env), name=f"peers-{group[0]}-{group[-1]}")
+
     handlers = {s: signal.signal(s, _raise_stopped) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        for pid, group in groups.items():  # inside the try: a signal during start-up stops the peers started so far
-            role = "server" if is_server(cfg, pid) else "peer"
-            prefix = hosts.exec_prefix(host_of(cfg, pid)) if hosts else []
-            cmd = group_command(config_path, group, threads, resume_round) if role == "peer" else \
-                peer_command(config_path, pid, threads, role, resume_round)
-            if len(group) == 1:
-                procs.start(pid, prefix + cmd, env)
-            else:
-                procs.start(pid, prefix + cmd, group_env(env), name=f"peers-{group[0]}-{group[-1]}")
+        for pid in groups:  # inside the try: a signal during start-up stops the peers started so far
+            start(pid, resume_round, own_latest)
         while True:
             for pid, code in procs.failures().items():
                 if pid in dead_reported:
                     continue
                 dead_reported.add(pid)
-                group = groups[pid]
-                who = "server" if is_server(cfg, pid) else (f"peer {pid}" if len(group) == 1 else
-                                                            f"the process of peers {group[0]}-{group[-1]}")
-                print(f"declora: {who} died (exit code {code}): {procs.why(pid)}\n  log: {procs.logs[pid]}\n"
-                      f"{procs.log_tail(pid)}", file=out, flush=True)
+                others = [p for p in procs.running() if p != pid] + list(faults.pending)
+                died, *then = faults.died(pid, code, others_running=bool(others))
+                print(f"{died}: {procs.why(pid)}\n  log: {procs.logs[pid]}\n{procs.log_tail(pid)}", file=out,
+                      flush=True)
+                for line in then:
+                    print(line, file=out, flush=True)
                 if not cfg.fault_tolerant:
                     status = 1
             if status:
                 break
+            for pid in faults.due():  # a restart: its own latest checkpoint, then catch-up (node.catch_up)
+                start(pid, None, True)
+                dead_reported.discard(pid)
+                print(faults.restarted(pid), file=out, flush=True)
             printed = print_new_rounds(run_dir, cfg, printed, out, expected)
-            if not procs.running():
+            if not procs.running() and not faults.pending:
                 break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
@@ -307,10 +314,12 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
         procs.stop_all()
         for s, handler in handlers.items():
             signal.signal(s, handler)
+    for line in faults.give_up():  # never a restart after the run ended or was stopped
+        print(line, file=out, flush=True)
     print_new_rounds(run_dir, cfg, printed, out, expected, final=True)
-    if status == 0 and dead_reported and cfg.fault_tolerant:
-        print(f"declora: finished without {len(dead_reported)} dead process(es) (fault tolerance on)", file=out)
-    return finish(cfg, run_dir, time.time() - started, status, out)
+    if status == 0 and faults.dead and cfg.fault_tolerant:
+        print(f"declora: finished without {len(faults.dead)} dead process(es) (fault tolerance on)", file=out)
+    return finish(cfg, run_dir, time.time() - started, status, out, faults)
 
 
 def print_new_rounds(run_dir: Path, cfg: RunConfig, printed: int, out, expected: int, final: bool = False) -> int:
@@ -325,9 +334,11 @@ def print_new_rounds(run_dir: Path, cfg: RunConfig, printed: int, out, expected:
     return printed
 
 
-def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out) -> int:
+def finish(cfg: RunConfig, run_dir: Path, wall_s: float, status: int, out, faults: Faults | None = None) -> int:
     per_peer = read_run_metrics(run_dir)
     extra = {"status": "ok" if status == 0 else "failed"}
+    if faults is not None and (faults.deaths or faults.returns):
+        extra["faults"] = faults.summary(per_peer)
     server_metrics = run_dir / "metrics" / "server.jsonl"
     if server_metrics.exists():
         extra["server"] = read_jsonl(server_metrics)
@@ -393,6 +404,7 @@ def launch_node(cfg: RunConfig, config_path: Path | None = None, env: dict | Non
                           f"NODE_RANK/NNODES against --peers and --peers-per-node")
     check_data(cfg)
     check_reporting(cfg)
+    cfg = check_restart(cfg)
     run_dir = make_out_dir(cfg)
     check_links(cfg, ids)
     config_path = run_dir / f"config.node{node}.json"

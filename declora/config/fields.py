@@ -109,6 +109,10 @@ class RunConfig:
     heartbeat_s: float = _opt(2.0, "liveness: a quiet neighbour gets a ping after this many seconds")
     missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
     fault_tolerant: bool = _opt(False, "keep going when a peer dies (the others renormalize); else stop and fail")
+    # restart (issue 10)
+    restart_dead: bool = _opt(False, "simulate: restart a peer process that dies, with --resume (it rejoins through "
+                                     "catch-up); implies --fault-tolerant; gossip, svd and zeropad modes only")
+    max_restarts: int = _opt(3, "with --restart-dead: restarts per process before it stays dead")
     # Wire and security.
     hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node); "
                           "or, for simulate, netns:K: K emulated hosts (network namespaces, needs root), peer i on "

@@ -140,7 +140,7 @@ def resolve(args: argparse.Namespace | None = None, file_values: dict | None = N
 # rest (data, model, mode, topology, ranks, codec, optimizer, seed ...) defines the run that the checkpoints hold.
 RESUMABLE = frozenset({"rounds", "deadline_s", "start_timeout_s", "heartbeat_s", "missed_heartbeats",
                        "fault_tolerant", "keys", "insecure", "eval_every", "eval_samples", "threads", "gpus", "cpu",
-                       "save_adapters", "keep_checkpoints", "resume", "out",
+                       "restart_dead", "max_restarts", "save_adapters", "keep_checkpoints", "resume", "out",
                        "metric", "report_to", "reference"})
 
 

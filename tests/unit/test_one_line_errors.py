@@ -114,12 +114,23 @@ def test_robustness_flags(capsys, tmp_path, argv, expected):
     assert expected in err
 
 
-def test_resume_without_a_common_checkpoint_round(capsys, tmp_path):
+def test_stack_mode_resume_without_a_common_checkpoint_round(capsys, tmp_path):
+    """Gossip resumes each peer from its own latest checkpoint and lets catch-up align them
+    (tests/integration/test_restart.py); stack mode cannot catch up (its state is the merged base), so it stops."""
     for peer, rounds in ((0, (7, 8)), (1, (3, 4))):
         folder = tmp_path / "checkpoints" / f"peer-{peer}"
         folder.mkdir(parents=True)
         for r in rounds:
             (folder / f"round-{r}.pt").write_bytes(b"")
-    err = one_line_error(capsys, ["simulate", *TINY, "--peers", "2", "--resume", "--out", str(tmp_path)])
-    assert "no checkpoint round in common (peer 0: 7,8; peer 1: 3,4)" in err
+    err = one_line_error(capsys, ["simulate", *TINY, "--peers", "2", "--mode", "stack", "--resume",
+                                  "--out", str(tmp_path)])
+    assert "no checkpoint round in common (peer 0: 7,8; peer 1: 3,4) and with --mode stack" in err
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "peer-0").iterdir()) == ["round-7.pt", "round-8.pt"]
+
+
+@pytest.mark.parametrize("argv,expected", [(["--mode", "stack"], "with --mode stack a restarted peer cannot catch up"),
+                                           (["--server", "fedit"], "with --server fedit"),
+                                           (["--max-restarts", "-1"], "--max-restarts must be >= 0")])
+def test_restart_dead_where_a_peer_cannot_rejoin(capsys, tmp_path, argv, expected):
+    err = one_line_error(capsys, ["simulate", *TINY, "--restart-dead", *argv, "--out", str(tmp_path / "r")])
+    assert expected in err and not (tmp_path / "r" / "logs").exists()
