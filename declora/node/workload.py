@@ -111,7 +111,8 @@ def model_spec(cfg: RunConfig):
     from declora.learn.model import ModelSpec
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",") if t.strip()) or None
-    return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets)
+    return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets,
+                     base_4bit=cfg.base_4bit)
 
 
 def train_config(cfg: RunConfig, steps_per_round: int | None = None):
@@ -161,7 +162,7 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     from declora.learn.training import LocalTrainer
     from declora.node.heap import trim_heap
 
-    device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
+    device = pick_device(cfg.gpu_list(), peer_id // cfg.peers_per_process, cfg.cpu)  # a process's peers: one GPU
     rank = cfg.rank_list()[peer_id]
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
     model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
