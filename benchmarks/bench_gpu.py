@@ -4,7 +4,8 @@ LoRA r=16 on q_proj and v_proj, bf16 base. In one invocation, each stage as far 
 
 - `plain`: a plain peft training loop with no exchange (AdamW on the adapter, autocast), tokens/s and GPU memory;
 - `gossip`: `declora simulate` with 4 peers on a ring, all on GPU 0: tokens/s per peer (rounds' training samples x
-  sequence length over round time, exchange included, first and last round left out) and in sum, against `plain`;
+  sequence length over their wall time, exchange and checkpoints included, first and last round left out) and in sum,
+  against `plain`;
 - `plain_4bit`, `gossip_4bit`: the same with the base in NF4 (--base-4bit; needs bitsandbytes);
 - `shared_N` for N in --shared (default 8,32,64): N peers in one process sharing one frozen base
   (--peers-per-process N), mean round time and GPU memory (peak used on the device, less what was used before);
@@ -196,9 +197,11 @@ def simulate(s: Setup, folder: Path, data: tuple[Path, Path], out: Path, peers: 
     per_peer = []
     for i in range(peers):
         records = [json.loads(line) for line in (out / "metrics" / f"peer-{i}.jsonl").read_text().splitlines()]
-        timed = records[1:-1] or records  # the first round warms up, the last one evaluates everything
-        per_peer.append({"tokens_per_s": sum(r["train_samples"] for r in timed) * s.seq /
-                         sum(r["round_seconds"] for r in timed),
+        # The first round warms up and the last evaluates everything: time the rounds between, checkpoints included
+        # (elapsed_s is written at the end of each round's work, before its checkpoint).
+        timed = records[1:-1] if len(records) > 2 else records
+        span = records[-2]["elapsed_s"] - records[0]["elapsed_s"] if len(records) > 2 else records[-1]["elapsed_s"]
+        per_peer.append({"tokens_per_s": sum(r["train_samples"] for r in timed) * s.seq / span,
                          "round_s": sum(r["round_seconds"] for r in timed) / len(timed),
                          "wait_s": sum(r["wait_seconds"] for r in timed) / len(timed)})
     return {"peers": peers, "peers_per_process": per_process, "wall_s": wall,
