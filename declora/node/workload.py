@@ -6,7 +6,7 @@ evaluation set, how a peer finds its shard.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig
@@ -200,7 +200,8 @@ def server_expectations(cfg: RunConfig):
     from declora.learn.partitions import split_for_peers
     from declora.wire.protocol import AdapterLayout
 
-    model, _ = build_model(model_spec(cfg), 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
+    spec = replace(model_spec(cfg), base_4bit=False)  # only the module shapes are read: no 4-bit base on the CPU
+    model, _ = build_model(spec, 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
     layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
