@@ -84,7 +84,7 @@ def test_fit_check_reads_the_real_free_memory():
     assert len(free) == torch.cuda.device_count() and all(f > 0 for f in free)
     check_gpu_fit(RunConfig(model="tiny-llama", task="causal_lm", peers=2), [[0], [1]])
     with pytest.raises(ConfigError, match="will not fit"):
-        huge = RunConfig(model="tiny-llama", task="causal_lm", peers=2, max_length=512, batch_size=1 << 16)
+        huge = RunConfig(model="tiny-llama", task="causal_lm", peers=2, max_length=2048, batch_size=1 << 20)
         check_gpu_fit(huge, [[0], [1]])
 
 
