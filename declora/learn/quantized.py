@@ -41,7 +41,7 @@ def load_4bit(auto_class, name: str, path, config, device: torch.device | str):
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return auto_class.from_pretrained(path, config=config, dtype=torch.bfloat16, quantization_config=quant,
-                                      device_map={"": torch.device(device)})
+                                      device_map={"": torch.device(device).index or 0})  # the CUDA index
 
 
 def is_packed(weight: torch.Tensor) -> bool:
