@@ -20,6 +20,7 @@ from pathlib import Path
 from declora.config import ConfigError, RunConfig, make_out_dir, write_run_config
 from declora.launch_faults import Faults, check_restart, resume_point
 from declora.node.addressbook import free_loopback_ports, write_addresses
+from declora.node.gpu_fit import check_gpu_fit
 from declora.node.metrics import plot_run, progress_line, read_jsonl, read_run_metrics, round_table, summarize
 from declora.node.netns import EmulatedHosts, NetnsError, remove_stale
 from declora.node.report import check_reporting, end_table, final_line, load_reference
@@ -249,6 +250,7 @@ def run_processes(cfg: RunConfig, config_path: Path, ids: list[int], out=None,
     out = out or sys.stdout  # looked up now, not at import: tests swap sys.stdout
     run_dir = Path(cfg.out)
     groups = {group[0]: group for group in process_groups(cfg, ids)}  # a process by its first id
+    check_gpu_fit(cfg, [g for g in groups.values() if not is_server(cfg, g[0])])  # GPUs (issue 12): fit or stop
     threads = threads_per_process(cfg, len(groups))
     procs = PeerProcesses(run_dir)
     env = child_env()

@@ -12,6 +12,7 @@ from declora.core.robust import ROBUST_RULES, RobustRule
 from declora.core.strategies import STRATEGIES, get_strategy
 from declora.learn.metrics import metric_problem
 from declora.learn.model import TASKS
+from declora.learn.quantized import base_4bit_problem
 from declora.learn.tables import flags_problem
 from declora.learn.training import SCHEDULES
 
@@ -91,6 +92,13 @@ def validate(cfg: RunConfig) -> RunConfig:
          f"--peers-per-process {cfg.peers_per_process} shares one frozen base between peers, but "
          f"{'--server flora' if cfg.server else '--mode stack'} merges each peer's deltas into its base; use "
          f"gossip, svd or zeropad (or fedit behind a server), or one peer per process")
+    if cfg.base_4bit:  # GPUs (issue 12)
+        merger = "--server flora" if cfg.server else "--mode stack"
+        need(not merging, f"--base-4bit keeps the base packed in 4 bits, but {merger} merges every round's deltas "
+                          f"into the base, which would round each merge away; use gossip, svd or zeropad (or fedit "
+                          f"behind a server), or drop --base-4bit")
+        problem = base_4bit_problem(cfg.cpu, cfg.model)
+        need(problem is None, problem or "")
     need(1 <= cfg.block_size <= 1 << 20, f"--block-size must be in [1, 1048576], got {cfg.block_size}")
     need(cfg.partition.split(":")[0] in ("iid", "dirichlet", "labelskew", "files"),
          f"--partition must be iid, dirichlet:ALPHA, labelskew:K or files, got {cfg.partition!r}")

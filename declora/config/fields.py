@@ -90,6 +90,10 @@ class RunConfig:
     # Processes and devices.
     gpus: str = _opt("", "comma-separated CUDA device ids, peers round-robin over them; empty = all visible")
     cpu: bool = _opt(False, "force CPU even when CUDA is present")
+    # GPUs (issue 12)
+    base_4bit: bool = _opt(False, "load the frozen base in 4 bits (QLoRA: NF4, bf16 compute; needs CUDA and "
+                                  "bitsandbytes: pip install -e .[gpu4bit]); the LoRA factors and the wire are "
+                                  "unchanged; not with modes that merge into the base (stack, --server flora)")
     peers_per_process: int = _opt(1, "simulate: peers per OS process, on threads, sharing one copy of the frozen base "
                                      "model (each keeps its own adapter, optimizer, data, endpoint, checkpoints)")
     threads: int = _opt(0, "torch threads per peer process (0 = cores / peers on this host, at least 1)")

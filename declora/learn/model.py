@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from declora.core.factors import Adapter, LoraFactor, scaling_for
+from declora.learn.quantized import is_packed, load_4bit
 from declora.learn.tiny_models import TINY_BASE_SEED, TINY_MODELS, tiny_config_and_tokenizer
 
 ADAPTER_NAME = "default"
@@ -45,6 +46,7 @@ class ModelSpec:
     target_modules: tuple[str, ...] | None = None  # None: peft's table for the model type, else an error
     modules_to_save: tuple[str, ...] | None = None  # None: peft's default for the task (classifier/score head)
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    base_4bit: bool = False  # QLoRA: the base's linear layers in NF4 (bitsandbytes), bf16 compute; CUDA only
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -97,7 +99,7 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
 
     hf_logging.disable_progress_bar()  # N peers' loading bars would bury the run's progress lines
     dtype = base_dtype(spec, device)
-    tiny = spec.path in TINY_MODELS
+    tiny, path = spec.path in TINY_MODELS, None
     if tiny:
         config, tokenizer = tiny_config_and_tokenizer(spec.path, spec.task, spec.num_labels)
     else:
@@ -108,11 +110,13 @@ def build_base(spec: ModelSpec, device: torch.device | str = "cpu", seed: int = 
         config.problem_type = "regression" if spec.task == "regression" else config.problem_type
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_BASE_SEED if tiny else seed)
-        model = (_auto_class(spec.task).from_config(config) if tiny
-                 else _auto_class(spec.task).from_pretrained(path, config=config, dtype=dtype))
+        if spec.base_4bit:  # placed on the device as it loads, and it cannot change dtype
+            model = load_4bit(_auto_class(spec.task), spec.path, path, config, device)
+        else:
+            model = (_auto_class(spec.task).from_config(config) if tiny
+                     else _auto_class(spec.task).from_pretrained(path, config=config, dtype=dtype))
     _ensure_pad_token(model, tokenizer)
-    model.to(device=device, dtype=dtype)
-    return model, tokenizer
+    return (model if spec.base_4bit else model.to(device=device, dtype=dtype)), tokenizer
 
 
 def build_model(spec: ModelSpec, rank: int, alpha: float, *, rslora: bool = False, dropout: float = 0.0,
@@ -378,6 +382,8 @@ def merge_delta_and_reset(model: nn.Module, deltas: dict[str, torch.Tensor] | Ad
     for key, delta_oi in deltas.items():
         layer = layers[key]
         weight = _weight_of(layer)
+        if is_packed(weight):
+            raise ValueError(f"cannot merge into {key}: the base is packed in 4 bits (--base-4bit)")
         delta = delta_oi.to(device=weight.device, dtype=torch.float32)
         if layer.fan_in_fan_out:  # Conv1D keeps (in, out)
             delta = delta.T

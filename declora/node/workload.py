@@ -6,7 +6,7 @@ evaluation set, how a peer finds its shard.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from declora.config import ConfigError, RunConfig
@@ -111,7 +111,8 @@ def model_spec(cfg: RunConfig):
     from declora.learn.model import ModelSpec
 
     targets = tuple(t.strip() for t in cfg.target_modules.split(",") if t.strip()) or None
-    return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets)
+    return ModelSpec(path=cfg.model, task=resolve_task(cfg), num_labels=cfg.num_labels, target_modules=targets,
+                     base_4bit=cfg.base_4bit)
 
 
 def train_config(cfg: RunConfig, steps_per_round: int | None = None):
@@ -161,7 +162,7 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     from declora.learn.training import LocalTrainer
     from declora.node.heap import trim_heap
 
-    device = pick_device(cfg.gpu_list(), peer_id, cfg.cpu)
+    device = pick_device(cfg.gpu_list(), peer_id // cfg.peers_per_process, cfg.cpu)  # a process's peers: one GPU
     rank = cfg.rank_list()[peer_id]
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
     model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
@@ -199,7 +200,8 @@ def server_expectations(cfg: RunConfig):
     from declora.learn.partitions import split_for_peers
     from declora.wire.protocol import AdapterLayout
 
-    model, _ = build_model(model_spec(cfg), 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
+    spec = replace(model_spec(cfg), base_4bit=False)  # only the module shapes are read: no 4-bit base on the CPU
+    model, _ = build_model(spec, 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
     layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
