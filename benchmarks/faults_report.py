@@ -33,6 +33,12 @@ def mean_round_s(rows: dict[int, list[dict]], peers: list[int]) -> float | None:
     return round(statistics.mean(vals), 3) if vals else None
 
 
+def mean_wait_s(rows: dict[int, list[dict]], peers: list[int]) -> float | None:
+    """Mean seconds per round that `peers` waited for their neighbours (same rounds as mean_round_s)."""
+    vals = [r["wait_seconds"] for p in peers for r in rows[p][1:-1]]
+    return round(statistics.mean(vals), 3) if vals else None
+
+
 def summarize(out: Path, peers: int, rounds: int, cell: dict) -> dict:
     rows = {p: read_rows(out, p) for p in range(peers)}
     finished = [p for p in range(peers) if rows[p] and rows[p][-1]["round"] == rounds - 1]
@@ -55,6 +61,7 @@ def summarize(out: Path, peers: int, rounds: int, cell: dict) -> dict:
         "late_mixed": sum(len(r.get("late", {})) for rs in rows.values() for r in rs),
         "missing_neighbour_rounds": sum(len(r.get("neighbours_missing", [])) for rs in rows.values() for r in rs),
         "healthy_round_s": mean_round_s(rows, healthy),
+        "healthy_wait_s": mean_wait_s(rows, healthy),
         "final_distance": statistics.mean(r[-1]["distance_to_neighbours"] for r in rows.values() if r) if finished
         else None,
     }
@@ -98,8 +105,8 @@ def lost(cell: dict, s: dict, peers: int, rounds: int) -> str:
 def table(cells: list[dict]) -> str:
     base = next((c for c in cells if c["fault"] == "none"), None)
     head = ("| fault | how it was injected | what happened | what was lost | survivors' accuracy (vs no fault) | "
-            "healthy peers' round time (vs no fault) | wall time (vs no fault) |")
-    lines = [head, "|" + "---|" * 7]
+            "healthy peers' round time (vs no fault) | of which waiting | wall time (vs no fault) |")
+    lines = [head, "|" + "---|" * 8]
     for c in cells:
         acc = c.get("survivor_accuracy_mean")
         acc_txt = "n/a" if acc is None else f"{100 * acc:.2f}%"
@@ -110,5 +117,8 @@ def table(cells: list[dict]) -> str:
         if base and rt and base.get("healthy_round_s") and c is not base:
             rt_txt += f" ({rt / base['healthy_round_s']:.2f}x)"
         wall = f"{c['wall_s']:.0f} s" + (f" ({c['wall_s'] / base['wall_s']:.2f}x)" if base and c is not base else "")
-        lines.append(f"| {c['fault']} | {c['how']} | {c['happened']} | {c['lost']} | {acc_txt} | {rt_txt} | {wall} |")
+        wait = c.get("healthy_wait_s")
+        wait_txt = "n/a" if wait is None else f"{wait:.2f} s"
+        lines.append(f"| {c['fault']} | {c['how']} | {c['happened']} | {c['lost']} | {acc_txt} | {rt_txt} | {wait_txt} "
+                     f"| {wall} |")
     return "\n".join(lines)
