@@ -98,6 +98,12 @@ class RunConfig:
     heartbeat_s: float = _opt(2.0, "liveness: a quiet neighbour gets a ping after this many seconds")
     missed_heartbeats: int = _opt(10, "liveness: missed intervals before a neighbour counts as down")
     fault_tolerant: bool = _opt(False, "keep going when a peer dies (the others renormalize); else stop and fail")
+    # fault injection (issue 10)
+    chaos: str = _opt("", "tests and benchmarks: message chaos on every link, e.g. drop=0.05,delay=0.2,jitter=0.1,"
+                          "dup=0.02,reorder=0.05 (probabilities; seconds or ms), with per-link parts such as "
+                          "';0-3:drop=1' (both ways) or ';2>*:delay=1' (what 2 sends); README: Fault injection")
+    cut: str = _opt("", "tests and benchmarks: partitions that heal, e.g. 0,1|2,3@5:10 (links between the sides lose "
+                        "every message during the sender's rounds 5 to 9; 0-based as in the metrics), ';' for more")
     # Wire and security.
     hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node); "
                           "or, for simulate, netns:K: K emulated hosts (network namespaces, needs root), peer i on "

@@ -83,6 +83,7 @@ class Transport:
         self._state_sent: dict[int, float] = {}  # when we last answered each neighbour (at most once a second)
         self._states: dict[int, Message] = {}  # neighbours' STATE answers, the latest per sender
         self._drop_log = ThrottledLog(log, "peer %d dropped a message from %s: %s (%s) [%d so far]")
+        self.chaos = None  # a wire.chaos.Chaos (tests, benchmarks): fault injection where frames leave
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> "Transport":
@@ -126,7 +127,7 @@ class Transport:
 
     def _send_counted(self, to: int, frames: list, nbytes: int) -> bool:
         # No down check here: pings and hellos must reach a neighbour we think is down, that is how it comes back.
-        ok = self._send_frames(to, frames)
+        ok = self._send_frames(to, frames) if self.chaos is None else self.chaos.send(to, frames)
         with self._cv:
             c = self._c_sent[to]
             if ok:
@@ -272,7 +273,9 @@ class Transport:
             return self._hello.get(peer)
 
     def counters(self) -> dict:
-        """Bytes and messages per neighbour, drops by reason, down events; JSON-ready apart from int keys."""
+        """Bytes and messages per neighbour, drops by reason, down events, what chaos did (with chaos); JSON-ready
+        apart from int keys."""
+        chaos = {} if self.chaos is None else {"chaos": self.chaos.counters()}
         with self._cv:
             sent = {j: dict(c) for j, c in self._c_sent.items()}
             recv = {j: dict(c) for j, c in self._c_recv.items()}
@@ -289,6 +292,7 @@ class Transport:
                 "dropped": dict(self._c_drop),
                 "went_down": dict(self._c_down),
                 "socket_events": dict(self._c_events),
+                **chaos,
             }
 
     # ---- subclass hooks -------------------------------------------------------------------------------------------------
