@@ -24,7 +24,10 @@ from .test_simulate import REPO, classification_args, ok, simulate
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SIDE = {0: {1}, 1: {0}, 2: {3}, 3: {2}}  # --cut 0,1|2,3: each peer's neighbour on its own side
-LIVENESS = ["--fault-tolerant", "--deadline-s", "3", "--heartbeat-s", "0.25", "--missed-heartbeats", "4"]
+# Rounds longer than a heartbeat, as in real runs: with rounds much shorter than the liveness takes to see a healed
+# link, the halves come out of the cut rounds apart (see check_healed).
+LOCAL_STEPS = "8"
+LIVENESS = ["--fault-tolerant", "--deadline-s", "3", "--heartbeat-s", "0.1", "--missed-heartbeats", "5"]
 
 
 def rows(out, peer):
@@ -38,30 +41,34 @@ def run_flags(tmp_path, rounds: int) -> list[str]:
     # A constant learning rate: with the default cosine schedule the distance between peers shrinks towards the end
     # of any run, partition or not.
     return [*classification_args(tmp_path), "--peers", "4", "--topology", "complete:4", "--rounds", str(rounds),
-            "--local-steps", "1", "--eval-every", "1000", "--schedule", "constant", *LIVENESS]
+            "--local-steps", LOCAL_STEPS, "--eval-every", "1000", "--schedule", "constant", *LIVENESS]
 
 
 def check_healed(records: dict[int, list[dict]], after: dict[int, int]) -> None:
-    """After the heal (peer i's round `after[i]` on): the cut is mixed across again, and where a peer hears all three
-    neighbours again its distance to them falls back from the first rounds that mixed across the healed cut.
+    """After the heal (peer i's round `after[i]` on) peers hear all three neighbours again, and their distance to
+    them falls back from the first rounds that mixed across the healed cut.
 
-    Known gap (issue 10, receive side): when the halves come out of the cut two or more rounds apart, the half
-    ahead counts the other as behind and never waits for it, and the other's messages are old rounds to it; only
-    the half behind mixes across again (it buffers the ahead half's messages as future rounds). That is reported as
-    an expected failure naming the peers, so the test turns green by itself once staleness or a mid-run catch-up
-    lets the ahead half mix the behind half again."""
+    Known gap (issue 10, receive side; an expected failure until it is closed): the halves come out of the cut at
+    different times, and when one is two or more rounds ahead by the time the liveness sees the link back, it
+    counts the other half as behind and never waits for it, and the other's messages are old rounds to it; only
+    the half behind mixes across again (it buffers the others' messages as future rounds), for the rest of the
+    run. Rounds much shorter than a heartbeat make this likely (1 local step of tiny BERT, ~0.07 s, against
+    --heartbeat-s 0.25 did it every time; hence LOCAL_STEPS); at 8 local steps it happens in some runs. What is
+    asserted regardless: somebody mixes across again, and its distance falls back."""
     healed = {i: [r for r in rs if r["round"] >= after[i]] for i, rs in records.items()}
     assert all(len(h) >= 5 for h in healed.values()), {i: len(h) for i, h in healed.items()}
     back = [i for i, h in healed.items() if [r["neighbours_heard"] for r in h[-3:]] == [3, 3, 3]]
+    heard = {i: "".join(str(r["neighbours_heard"]) for r in h) for i, h in healed.items()}
+    assert back, f"after the heal nobody hears the other half again; heard per round since the heal: {heard}"
     for i in back:
-        across = [r for r in healed[i] if r["neighbours_heard"] == 3]
-        first = max(r["distance_to_neighbours"] for r in across[:2])
-        assert across[-1]["distance_to_neighbours"] < first, [r["distance_to_neighbours"] for r in healed[i]]
+        # The first mixes across the healed cut meet the other half's drift: the distance jumps, then falls back as
+        # the halves average. (It does not return to its pre-cut level: at a constant learning rate the adapters'
+        # norms, and every distance with them, grow all run long.)
+        across = [r["distance_to_neighbours"] for r in healed[i] if r["neighbours_heard"] > 1]
+        assert max(across[-3:]) < max(across[:3]), [r["distance_to_neighbours"] for r in healed[i]]
     if len(back) < len(records):
-        heard = {i: "".join(str(r["neighbours_heard"]) for r in h) for i, h in healed.items()}
-        pytest.xfail(f"after the heal peers {sorted(set(records) - set(back))} do not hear the other half again: "
-                     f"the halves came out of the cut rounds apart (issue 10, receive side); heard per round "
-                     f"since the heal: {heard}")
+        pytest.xfail(f"after the heal peers {sorted(set(records) - set(back))} never hear the other half again (the "
+                     f"halves came out of the cut rounds apart); heard per round since the heal: {heard}")
 
 
 def test_a_scheduled_cut_splits_the_graph_then_heals(tmp_path):
