@@ -15,6 +15,7 @@ from declora.learn.model import TASKS
 from declora.learn.quantized import base_4bit_problem
 from declora.learn.tables import flags_problem
 from declora.learn.training import SCHEDULES
+from declora.wire.chaos import ChaosSpecError, parse
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -86,6 +87,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(1 <= cfg.emulated_hosts() <= 200, f"--hosts netns:K needs K in 1..200 emulated hosts, got {cfg.hosts!r}")
     need(cfg.host_mbit >= 0, f"--host-mbit must be >= 0 (0 = no cap), got {cfg.host_mbit}")
     need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
+    _check_chaos(cfg)
     need(cfg.peers_per_process >= 1, f"--peers-per-process must be >= 1, got {cfg.peers_per_process}")
     merging = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
     need(cfg.peers_per_process == 1 or not merging,
@@ -115,6 +117,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         if value and not value.startswith("tiny-") and not Path(value).exists():
             raise ConfigError(f"--{path_field.replace('_', '-')} {value}: no such file or folder")
     return cfg
+
+
+def _check_chaos(cfg: RunConfig) -> None:
+    """--chaos and --cut (fault injection, issue 10) parse, and name only peers of the run."""
+    for flag, value in (("--chaos", cfg.chaos), ("--cut", cfg.cut)):
+        try:
+            spec = parse(**{flag[2:]: value})
+        except ChaosSpecError as e:
+            raise ConfigError(f"{flag} {value!r}: {e}") from None
+        ids = spec.peer_ids()
+        n = cfg.peers + bool(cfg.server)  # the parameter server takes the id after the last client
+        if ids and max(ids) >= n:
+            raise ConfigError(f"{flag} {value!r}: peer {max(ids)} is not in the run (ids 0..{n - 1})")
 
 
 def _check_topology(cfg: RunConfig) -> None:

@@ -117,6 +117,12 @@ class RunConfig:
     restart_dead: bool = _opt(False, "simulate: restart a peer process that dies, with --resume (it rejoins through "
                                      "catch-up); implies --fault-tolerant; gossip, svd and zeropad modes only")
     max_restarts: int = _opt(3, "with --restart-dead: restarts per process before it stays dead")
+    # fault injection (issue 10)
+    chaos: str = _opt("", "tests and benchmarks: message chaos on every link, e.g. drop=0.05,delay=0.2,jitter=0.1,"
+                          "dup=0.02,reorder=0.05 (probabilities; seconds or ms), with per-link parts such as "
+                          "';0-3:drop=1' (both ways) or ';2>*:delay=1' (what 2 sends); README: Fault injection")
+    cut: str = _opt("", "tests and benchmarks: partitions that heal, e.g. 0,1|2,3@5:10 (links between the sides lose "
+                        "every message during the sender's rounds 5 to 9; 0-based as in the metrics), ';' for more")
     # Wire and security.
     hosts: str = _opt("", "multi-node address book: comma-separated host per node (peer i on node i // peers-per-node); "
                           "or, for simulate, netns:K: K emulated hosts (network namespaces, needs root), peer i on "

@@ -62,6 +62,28 @@ class EmulatedHosts:
             self.close()
             raise
 
+    @classmethod
+    def attach(cls, owner_pid: int, k: int) -> "EmulatedHosts":
+        """The `k` hosts that process `owner_pid` (a running `declora simulate --hosts netns:K`) made, to cut and heal
+        their links from outside; this handle owns nothing, so closing it deletes nothing."""
+        why = available()
+        if why:
+            raise NetnsError(f"cannot reach emulated hosts: {why}")
+        hosts = cls.__new__(cls)
+        tag = f"{PREFIX}{owner_pid}"
+        hosts.k, hosts.rate_mbit, hosts.subnet, hosts._made = k, 0.0, "", []
+        hosts.names, hosts.switch = [f"{tag}-h{h}" for h in range(k)], f"{tag}-sw"
+        return hosts
+
+    def cut(self, h: int) -> None:
+        """Cut host `h` off from every other host (its port leaves the bridge): a partition. Its own link stays up,
+        so its sockets see no error, only silence, as behind a broken switch."""
+        _run("ip", "-n", self.switch, "link", "set", f"p{h}", "nomaster")
+
+    def heal(self, h: int) -> None:
+        """Undo `cut(h)`: TCP connections that outlived the cut carry on (after their retransmission back-off)."""
+        _run("ip", "-n", self.switch, "link", "set", f"p{h}", "master", "br0")
+
     def address(self, h: int) -> str:
         return f"{self.subnet}.{h + 1}"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from declora.config import RunConfig
 from declora.node.addressbook import address_book, bind_endpoint
+from declora.wire.chaos import attach as attach_chaos
+from declora.wire.chaos import parse
 from declora.wire.inproc import InProcNetwork
 from declora.wire.liveness import Liveness
 from declora.wire.protocol import AdapterLayout
@@ -39,10 +41,11 @@ def open_transport(cfg: RunConfig, me: int, neighbours: list[int], layout: Adapt
     book = run_address_book(cfg) if book is None else book
     if security is None and cfg.keys:
         security = load_security(cfg.keys, me)
-    return ZmqTransport(
+    transport = ZmqTransport(
         me, bind_endpoint(book[me]), {j: book[j] for j in neighbours}, layout=layout, liveness=liveness_of(cfg),
         security=security, allow_plaintext_nonlocal=cfg.insecure, max_stale_rounds=stale_rounds_of(cfg),
     )
+    return attach_chaos(transport, parse(cfg.chaos, cfg.cut), seed=cfg.seed)  # --chaos, --cut: nothing by default
 
 
 def check_links(cfg: RunConfig, ids: list[int]) -> None:

@@ -97,6 +97,7 @@ class Transport(StateTransfer):
         self._state_sent: dict[int, float] = {}  # when we last answered each neighbour (at most once a second)
         self._states: dict[int, Message] = {}  # neighbours' STATE answers, the latest per sender
         self._drop_log = ThrottledLog(log, "peer %d dropped a message from %s: %s (%s) [%d so far]")
+        self.chaos = None  # a wire.chaos.Chaos (tests, benchmarks): fault injection where frames leave
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> "Transport":
@@ -140,7 +141,7 @@ class Transport(StateTransfer):
 
     def _send_counted(self, to: int, frames: list, nbytes: int) -> bool:
         # No down check here: pings and hellos must reach a neighbour we think is down, that is how it comes back.
-        ok = self._send_frames(to, frames)
+        ok = self._send_frames(to, frames) if self.chaos is None else self.chaos.send(to, frames)
         with self._cv:
             c = self._c_sent[to]
             if ok:
@@ -280,7 +281,9 @@ class Transport(StateTransfer):
             return self._hello.get(peer)
 
     def counters(self) -> dict:
-        """Bytes and messages per neighbour, drops by reason, down events; JSON-ready apart from int keys."""
+        """Bytes and messages per neighbour, drops by reason, down events, what chaos did (with chaos); JSON-ready
+        apart from int keys."""
+        chaos = {} if self.chaos is None else {"chaos": self.chaos.counters()}
         with self._cv:
             sent = {j: dict(c) for j, c in self._c_sent.items()}
             recv = {j: dict(c) for j, c in self._c_recv.items()}
@@ -298,6 +301,7 @@ class Transport(StateTransfer):
                 "dropped": dict(self._c_drop),
                 "went_down": dict(self._c_down),
                 "socket_events": dict(self._c_events),
+                **chaos,
             }
 
     # ---- subclass hooks -------------------------------------------------------------------------------------------------
