@@ -104,6 +104,8 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
         if devs:
             row.update(peer_dev_accuracy_mean=sum(devs) / len(devs), peer_dev_accuracy_min=min(devs))
         row["train_loss_mean"] = sum(r["train_loss"] for r in recs) / len(recs)
+        # A neighbour heard late (past --deadline-s) changes the mix: the one way timing enters a run's numbers.
+        row["peers_missing_neighbours"] = sum(bool(r.get("neighbours_missing")) for r in recs)
         sent = [r.get("bytes_sent", 0) for r in recs]
         row["bytes_sent_per_peer_mean"] = sum(sent) / len(sent)
         row["bytes_sent_per_peer_max"] = max(sent)
@@ -151,6 +153,7 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
             "busiest_process": busiest,
             "wall_s": summary.get("wall_seconds"),
             "rounds_completed": len(rounds),
+            "rounds_with_missed_neighbours": sum(bool(row["peers_missing_neighbours"]) for row in rounds),
         },
     }
 
