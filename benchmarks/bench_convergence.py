@@ -32,20 +32,21 @@ Each run's record is cached as benchmarks/results/bench_convergence_<preset>_run
 a later invocation with the same settings reuses it (--fresh runs again): the full suite can run in pieces.
 
 Presets (the order of the runs puts the most telling first, and the JSON is rewritten after every run):
-  --quick  4 peers, 4 rounds x 5 local steps (80 steps of 32 per method), eval on the first 256 dev examples, and
+  --quick  4 peers, 4 rounds x 5 local steps (80 steps of 32 per method), holdout 256, the first 256 dev examples, and
            only centralized, gossip ring, svd, int4 + error feedback on the better of gossip ring and svd, server
            fedit and flora. 20 steps per peer are far too few to decide the goals (gossip peers may still predict
            the majority class): the quick preset is a smoke test of the whole pipeline (processes, bytes, the
            average model), not a verdict.
   --full   8 peers, 20 rounds x 8 local steps (160 steps of 32 per peer, 1,280 per method, 41k samples = 0.6 epoch),
-           the whole dev set (872); the average model evaluated after round 1 and every 2 rounds, the peers at the
-           end. 19 runs: r=8 centralized, gossip ring, svd, stack, gossip exp; int8, int4, int4 + EF on the best of
-           those; server fedit, flora, flexlora; heterogeneous ranks zeropad, svd, stack, flora, flexlora; IID
-           centralized, gossip ring, fedit.
+           holdout 1,000, the whole dev set (872); the average model evaluated after round 1 and every 2 rounds,
+           the peers at the end. 20 runs per seed: r=8 centralized, gossip ring, svd, stack, gossip exp; int8, int4,
+           int4 + EF on the best of those; server fedit, flora, flexlora; heterogeneous ranks zeropad, svd, stack,
+           flora, flexlora; IID centralized, gossip ring, fedit; centralized with the peers' batches merged.
 --dry-run prints the plan and the time estimate of either; benchmarks/README.md has the measured times.
 
 Partial or changed runs (--only, --rounds, --lr, --head-lr, --model) write bench_convergence_<preset>_<tag> files
-(--tag, default 'custom'), never the preset's own; --replot redraws plots, table and goals from a preset's JSON.
+(--tag, default 'custom'), never the preset's own (their per-run cache is the preset's unless --rounds, --lr,
+--head-lr or --model changed the settings); --replot redraws plots, table and goals from a preset's JSON.
 
 The eval subset of --quick is a file of the first N dev examples passed as --eval-data, so the peers' evaluations
 (every round and the last) and the average model's use the same examples (--eval-samples would give the peers the
