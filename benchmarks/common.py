@@ -61,11 +61,12 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def judged_value(record: dict) -> float | None:
+def judged_value(record: dict, prefix: str = "eval_") -> float | None:
     """The value, in one peer's round record, of the metric that judges the run (the record's `metric`, e.g. mcc
     on CoLA; records written before --metric carry none and were judged by accuracy). None: not evaluated that
-    round. The benchmarks' result names say "accuracy": on their SST-2 data the judging metric is accuracy."""
-    return record.get("eval_" + record.get("metric", "accuracy").replace("-", "_"))
+    round. The benchmarks' result names say "accuracy": on their SST-2 data the judging metric is accuracy.
+    prefix "dev_": the dev set's value that a --holdout run records at its last round."""
+    return record.get(prefix + record.get("metric", "accuracy").replace("-", "_"))
 
 
 # ---- the test adapter -----------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Nothing here runs anything; `python benchmarks/bench_convergence.py --full --dry
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); see benchmarks/README.md for the one-process optimum
 GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
@@ -31,12 +31,19 @@ class Preset:
     eval_examples: int  # 0 = the whole dev set
     peer_eval_every: int  # peers evaluate every this many rounds (and at the last); centralized every round
     avg_eval_every: int = 1  # the average model is evaluated after round 1, every this many rounds, and the last
+    holdout: int = 0  # --holdout: training examples no peer trains on; the curves and model selection use them
 
 
 PRESETS = {
-    "quick": Preset("quick", peers=4, rounds=4, local_steps=5, eval_examples=256, peer_eval_every=2),
-    "full": Preset("full", peers=8, rounds=20, local_steps=8, eval_examples=0, peer_eval_every=20, avg_eval_every=2),
+    "quick": Preset("quick", peers=4, rounds=4, local_steps=5, eval_examples=256, peer_eval_every=2, holdout=256),
+    "full": Preset("full", peers=8, rounds=20, local_steps=8, eval_examples=0, peer_eval_every=20, avg_eval_every=2,
+                   holdout=1000),
 }
+SEEDS = (0, 1, 2)  # every method runs with each (--seeds): mean and 95% interval, paired comparisons
+# Torch threads of every process of every run, whatever the machine: `declora simulate` would otherwise take cores /
+# processes, and another thread count sums in another order, so the same seed would give other bits on a machine
+# with more cores (benchmarks/README.md, convergence: determinism).
+THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Spec:
     error_feedback: bool = False
     partition: str = "dirichlet:0.5"
     group: str = "r=8"
-    seed: int = 0  # the run's --seed (split, init, batches); a repeat with another seed measures run-to-run spread
+    seed: int = 0  # the run's --seed (split, holdout, init, batches, dropout); the seeds of a method give its spread
 
     @property
     def name(self) -> str:
@@ -106,28 +113,37 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
 
 
 def codec_specs(preset: Preset, best: str) -> list[Spec]:
-    """The codecs on the best decentralized method; in --full also its fp32 run again with another seed, because a
-    codec's effect on accuracy means something only next to the spread between two fp32 runs."""
+    """The codecs on the best decentralized method (each with every seed, compared with its fp32 runs)."""
     quick = preset.name.startswith("quick")
-    variants = [("int4", True, 0)] if quick else [("int8", False, 0), ("int4", False, 0), ("int4", True, 0),
-                                                  ("fp32", False, 1)]
-    return [Spec(best, codec=c, error_feedback=ef, seed=sd, group="codecs") for c, ef, sd in variants]
+    variants = [("int4", True)] if quick else [("int8", False), ("int4", False), ("int4", True)]
+    return [Spec(best, codec=c, error_feedback=ef, group="codecs") for c, ef in variants]
+
+
+def with_seeds(specs: list[Spec], seeds: tuple[int, ...]) -> list[Spec]:
+    """Every spec with every seed, seed-major: all methods at the first seed come first, so that a suite stopped
+    part-way has compared the methods once before it measures their spread."""
+    return [replace(s, seed=seed) for seed in seeds for s in specs]
 
 
 
 # ---- time estimate ------------------------------------------------------------------------------------------------
 def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int) -> float:
+    """With --holdout the rounds' evaluations are on the holdout, and the last round's also on the dev set."""
     n, r, k = preset.peers, preset.rounds, preset.local_steps
     train = n * k * r * STEP_CORE_S
+    per_eval = (preset.holdout or eval_examples) * EVAL_CORE_S_PER_EXAMPLE
+    dev_at_end = eval_examples * EVAL_CORE_S_PER_EXAMPLE if preset.holdout else 0.0
     if spec.centralized:
-        core_s = START_CORE_S + train + len(avg_eval_rounds(preset)) * eval_examples * EVAL_CORE_S_PER_EXAMPLE
+        core_s = START_CORE_S + train + len(avg_eval_rounds(preset)) * per_eval + dev_at_end
+        processes = 1
     else:
         peer_evals = len(peer_eval_rounds(preset))
         core_s = (START_CORE_S * n + (SERVER_START_CORE_S if spec.method in SERVER_METHODS else 0.0) + train
-                  + n * peer_evals * eval_examples * EVAL_CORE_S_PER_EXAMPLE
-                  + len(avg_eval_rounds(preset)) * (eval_examples * EVAL_CORE_S_PER_EXAMPLE
-                                                    + AVG_MODEL_CORE_S_PER_PEER * n))
-    return core_s * OVERHEAD / max(1, cores)
+                  + n * (peer_evals * per_eval + dev_at_end) + dev_at_end
+                  + len(avg_eval_rounds(preset)) * (per_eval + AVG_MODEL_CORE_S_PER_PEER * n))
+        processes = n
+    # THREADS torch threads per process: one process alone keeps only that many cores busy.
+    return core_s * OVERHEAD / max(1, min(cores, processes * THREADS))
 
 
 def peer_eval_rounds(preset: Preset) -> list[int]:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `import convergence_run` from benchmarks/: make the repo root importable
@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # `import convergence_run` from benchmarks/: make
 
 from benchmarks.common import RESULTS, ROOT, judged_value  # noqa: E402
 from benchmarks.convergence_plan import (  # noqa: E402
-    HEAD_LR, LABELS, LR, Preset, Spec, avg_eval_rounds, estimate_seconds)
+    HEAD_LR, LABELS, LR, PRESETS, THREADS, Preset, Spec, avg_eval_rounds, estimate_seconds)
 from benchmarks.convergence_report import fmt_pct  # noqa: E402
 
 RUNS = ROOT / "runs" / "bench_convergence"
@@ -59,7 +59,10 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
     cmd = [sys.executable, "-m", "declora.cli", "simulate", "--out", str(out), "--peers", str(preset.peers),
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
-           "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), *spec.flags(preset.peers)]
+           "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), "--threads", str(THREADS),
+           *spec.flags(preset.peers)]
+    if preset.holdout:
+        cmd += ["--holdout", str(preset.holdout)]
     if eval_file is not None:
         cmd += ["--eval-data", str(eval_file)]
     if model:
@@ -91,11 +94,18 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
         if not recs:
             break
         row: dict = {"round": t}
+        # With --holdout the eval_* values are the validation split's (the curves) and dev_* (last round) the dev
+        # set's (the final report); without, eval_* are the dev set's and serve both.
         accs = [judged_value(r) for r in recs if judged_value(r) is not None]
         if accs:
             row.update(peer_accuracy_mean=sum(accs) / len(accs), peer_accuracy_min=min(accs),
                        peer_accuracy_max=max(accs))
+        devs = [judged_value(r, "dev_") for r in recs if judged_value(r, "dev_") is not None]
+        if devs:
+            row.update(peer_dev_accuracy_mean=sum(devs) / len(devs), peer_dev_accuracy_min=min(devs))
         row["train_loss_mean"] = sum(r["train_loss"] for r in recs) / len(recs)
+        # A neighbour heard late (past --deadline-s) changes the mix: the one way timing enters a run's numbers.
+        row["peers_missing_neighbours"] = sum(bool(r.get("neighbours_missing")) for r in recs)
         sent = [r.get("bytes_sent", 0) for r in recs]
         row["bytes_sent_per_peer_mean"] = sum(sent) / len(sent)
         row["bytes_sent_per_peer_max"] = max(sent)
@@ -113,26 +123,37 @@ def collect(spec: Spec, preset: Preset, out: Path, avg_model) -> dict:
         if spec.centralized:
             if accs:
                 row["avg_model"] = {"accuracy": accs[0], "loss": recs[0].get("eval_loss")}
+            if devs:
+                row["avg_model_dev"] = {"accuracy": devs[0], "loss": recs[0].get("dev_loss")}
         elif t in kept and avg_model is not None:
             started = time.process_time()
-            result = avg_model.evaluate_round(out, t)
+            result = avg_model.evaluate_round(out, t, holdout=bool(preset.holdout))
             result["eval_cpu_s"] = time.process_time() - started
             row["avg_model"] = {k: v for k, v in result.items() if k != "round"}
+            if preset.holdout and t == preset.rounds - 1:
+                dev = avg_model.evaluate_round(out, t)
+                row["avg_model_dev"] = {k: v for k, v in dev.items() if k != "round"}
         rounds.append(row)
     final = rounds[-1] if rounds else {}
+    dev_row = final if preset.holdout else {"avg_model_dev": final.get("avg_model", {}),
+                                            "peer_dev_accuracy_mean": final.get("peer_accuracy_mean"),
+                                            "peer_dev_accuracy_min": final.get("peer_accuracy_min")}
     # The process that moved the most bytes (sent + received; the server's in + out) over the whole run.
     busiest = max(per_process, key=per_process.get) if per_process and max(per_process.values()) > 0 else None
     return {
         "rounds": rounds,
         "final": {
-            "avg_model_accuracy": final.get("avg_model", {}).get("accuracy"),
-            "peer_accuracy_mean": final.get("peer_accuracy_mean"),
-            "peer_accuracy_min": final.get("peer_accuracy_min"),
+            # The dev set's: the final report. The holdout's: what model selection (the best method) reads.
+            "avg_model_accuracy": dev_row.get("avg_model_dev", {}).get("accuracy"),
+            "avg_model_holdout_accuracy": final.get("avg_model", {}).get("accuracy") if preset.holdout else None,
+            "peer_accuracy_mean": dev_row.get("peer_dev_accuracy_mean"),
+            "peer_accuracy_min": dev_row.get("peer_dev_accuracy_min"),
             "mb_sent_per_peer": sent_cum / 1e6,
             "mb_busiest_process": per_process[busiest] / 1e6 if busiest else 0.0,
             "busiest_process": busiest,
             "wall_s": summary.get("wall_seconds"),
             "rounds_completed": len(rounds),
+            "rounds_with_missed_neighbours": sum(bool(row["peers_missing_neighbours"]) for row in rounds),
         },
     }
 
@@ -188,16 +209,39 @@ def average_model_for(out: Path, state: dict):
 
 
 
-def finished_runs(preset: Preset) -> dict[str, dict]:
-    """The successful runs recorded by an earlier invocation of the same preset (for --resume)."""
-    path = RESULTS / f"bench_convergence_{preset.name}.json"
+def cache_path(preset: Preset, spec: Spec, args) -> Path:
+    """Where one run's record is kept (committed with the results, so that the suite can go on in another session):
+    under the preset's own name whenever the run has the preset's settings, whatever --only or --tag said, so that
+    runs made a few at a time add up to the suite; under the tagged name when --rounds, --lr, --head-lr or --model
+    changed them."""
+    base = preset.name.split("_")[0]
+    default = {"preset": asdict(replace(PRESETS[base], name=base)), "model": "", "lr": LR, "head_lr": HEAD_LR,
+               "threads": THREADS}
+    folder = base if run_settings(preset, args) == default else preset.name
+    return RESULTS / f"bench_convergence_{folder}_runs" / f"{spec.name}.json"
+
+
+def run_settings(preset: Preset, args) -> dict:
+    """Everything besides the spec that decides a run's numbers: a cached record is reused only under the same."""
+    base = preset.name.split("_")[0]
+    return {"preset": asdict(replace(preset, name=base)), "model": args.model, "lr": args.lr,
+            "head_lr": args.head_lr, "threads": THREADS}
+
+
+def cached_run(preset: Preset, spec: Spec, args) -> dict | None:
+    """The successful record of this run from an earlier invocation with the same settings, if there is one."""
+    path = cache_path(preset, spec, args)
     if not path.exists():
-        return {}
-    data = json.loads(path.read_text())
-    if data.get("preset") != asdict(preset):
-        raise SystemExit(f"--resume: {path.name} was written by a different preset ({data.get('preset')}); "
-                         f"move it away or drop --resume")
-    return {r["name"]: r for r in data["runs"] if r["status"] == "ok"}
+        return None
+    record = json.loads(path.read_text())
+    ok = record.get("status") == "ok" and record.get("settings") == run_settings(preset, args)
+    return record if ok else None
+
+
+def cache_run(preset: Preset, record: dict, args) -> None:
+    path = cache_path(preset, Spec(**record["spec"]), args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**record, "settings": run_settings(preset, args)}, indent=1) + "\n")
 
 
 def suite_wall_s(records: list[dict]) -> float:

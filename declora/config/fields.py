@@ -87,6 +87,10 @@ class RunConfig:
     eval_every: int = _opt(5, "evaluate every E rounds (the last round is always evaluated)")
     eval_samples: int = _opt(0, "evaluate on the first N eval examples during the run (0 = all); the final eval uses all")
     seed: int = _opt(0, "random seed (data split, initialisation, batches)")
+    # model selection (issue 15)
+    holdout: int = _opt(0, "N training examples, drawn with --seed before the split, that no peer trains on: the "
+                           "per-round evaluations (curves, model selection) use them, the eval set is then evaluated "
+                           "at the last round only, for the final report (dev_* keys); 0 = none")
     # Processes and devices.
     gpus: str = _opt("", "comma-separated CUDA device ids, peers round-robin over them; empty = all visible")
     cpu: bool = _opt(False, "force CPU even when CUDA is present")

@@ -22,9 +22,10 @@ from declora.learn.training import LocalTrainer
 
 class Learner:
     def __init__(self, model, tokenizer, trainer: LocalTrainer, eval_set, task: str, rank: int, seed: int,
-                 eval_batch_size: int = 64, mc_set: list | None = None, mc_scoring: str = "letter"):
+                 eval_batch_size: int = 64, mc_set: list | None = None, mc_scoring: str = "letter", dev_set=None):
         self.model, self.tokenizer, self.trainer = model, tokenizer, trainer
         self.eval_set, self.task, self.rank, self.seed = eval_set, task, rank, seed
+        self.dev_set = dev_set  # --holdout: eval_set is the validation split, this the final report's set
         self.eval_batch_size = eval_batch_size
         self.mc_set, self.mc_scoring = mc_set or [], mc_scoring  # multiple-choice questions (causal LM)
         self.rng = RngStream(seed, next(model.parameters()).device)
@@ -90,6 +91,13 @@ class Learner:
                 result.update(evaluate_multiple_choice(self.model, self.tokenizer, questions, self.mc_scoring,
                                                        batch_size=max(1, self.eval_batch_size // 4)))
             return result
+
+    def evaluate_dev(self) -> dict:
+        """The eval metrics on the whole dev set, when eval_set is a held-out validation split ({} otherwise)."""
+        if self.dev_set is None:
+            return {}
+        with self.rng:
+            return evaluate(self.model, self.dev_set, self.task, batch_size=self.eval_batch_size)
 
     def state_dict(self) -> dict:
         """The trainer's state, with this learner's random stream as the generator state a resume restores."""

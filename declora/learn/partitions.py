@@ -17,6 +17,7 @@ from declora.learn.examples import DataSpec, Example, TextExample, group_of, loa
 # (the floor would put a 0-1 score in one group, and STS-B's 5.0 alone in one), so dirichlet:ALPHA and
 # labelskew:K mean on scores what they mean on classes.
 SCORE_BINS = 5
+HOLDOUT_STREAM = 0x401D  # the holdout's draw: a random stream of its own, apart from the split's (seed alone)
 
 
 def parse_scheme(scheme: str) -> tuple[str, float | None]:
@@ -139,30 +140,66 @@ def _top_up(parts: list[list[int]], min_size: int) -> list[list[int]]:
         del parts[large][-need:]
 
 
+def holdout_indices(total: int, holdout: int, seed: int, peers: int = 1) -> list[int]:
+    """The `holdout` examples (indices into the whole training set, sorted) that no peer trains on: a validation
+    split for model selection and the curves. Drawn from the whole set before the split, from a stream of the run's
+    seed of its own, so every peer holds out the same examples and the split of the rest depends on the seed only."""
+    if holdout < 0:
+        raise ValueError(f"--holdout must be >= 0 (0 = none), got {holdout}")
+    if holdout and total - holdout < peers:
+        raise ValueError(f"--holdout {holdout} leaves {total - holdout} of the {total} training examples for "
+                         f"{peers} peer(s); give a smaller --holdout (below {total - peers + 1})")
+    if not holdout:
+        return []
+    return sorted(int(i) for i in np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(total)[:holdout])
+
+
+def split_holdout(examples: Sequence[Example], holdout: int, seed: int, peers: int = 1
+                  ) -> tuple[list[Example], list[Example]]:
+    """(held out, the rest in their original order): see holdout_indices."""
+    held = set(holdout_indices(len(examples), holdout, seed, peers))
+    return [examples[i] for i in sorted(held)], [e for i, e in enumerate(examples) if i not in held]
+
+
+def pooled_examples(data_path: str | Path, spec: DataSpec | None = None, **load_kwargs) -> list[Example]:
+    """The whole training set: a file or a datasets folder, or a folder's per-peer files pooled."""
+    data_path = Path(data_path)
+    if is_shard_folder(data_path):
+        return [e for f in presplit_files(data_path) for e in load_examples(f, spec, **load_kwargs)]
+    return load_examples(data_path, spec, **load_kwargs)
+
+
 def split_for_peers(data_path: str | Path, n: int, scheme: str = "iid", seed: int = 0,
-                    min_size: int | None = None, spec: DataSpec | None = None, **load_kwargs) -> list[list[Example]]:
+                    min_size: int | None = None, spec: DataSpec | None = None, holdout: int = 0,
+                    **load_kwargs) -> list[list[Example]]:
     """Every peer's examples. A folder with the 'files' scheme: peer i gets the folder's file i. A folder with
     another scheme: its per-peer files are pooled and re-partitioned. A file, or a datasets save_to_disk folder (one
-    dataset): loaded and partitioned."""
-    data_path = Path(data_path)
+    dataset): loaded and partitioned. `holdout` examples are taken out before the split (split_holdout)."""
     if parse_scheme(scheme)[0] == "files":
-        files = _files_for(data_path, n)
+        if holdout:
+            raise ValueError(_FILES_HOLDOUT)
+        files = _files_for(Path(data_path), n)
         return [load_examples(f, spec, **load_kwargs) for f in files]
-    if is_shard_folder(data_path):
-        examples = [e for f in presplit_files(data_path) for e in load_examples(f, spec, **load_kwargs)]
-    else:
-        examples = load_examples(data_path, spec, **load_kwargs)
-    return partition(examples, n, scheme, seed, min_size)
+    _, rest = split_holdout(pooled_examples(data_path, spec, **load_kwargs), holdout, seed, n)
+    return partition(rest, n, scheme, seed, min_size)
 
 
 def peer_examples(data_path: str | Path, n: int, scheme: str, seed: int, peer_index: int,
-                  min_size: int | None = None, spec: DataSpec | None = None, **load_kwargs) -> list[Example]:
+                  min_size: int | None = None, spec: DataSpec | None = None, holdout: int = 0,
+                  **load_kwargs) -> list[Example]:
     """One peer's share; with 'files' only its own file is read."""
     if not 0 <= peer_index < n:
         raise ValueError(f"peer index {peer_index} is outside 0..{n - 1}")
     if parse_scheme(scheme)[0] == "files":
+        if holdout:
+            raise ValueError(_FILES_HOLDOUT)
         return load_examples(_files_for(Path(data_path), n)[peer_index], spec, **load_kwargs)
-    return split_for_peers(data_path, n, scheme, seed, min_size, spec, **load_kwargs)[peer_index]
+    return split_for_peers(data_path, n, scheme, seed, min_size, spec, holdout, **load_kwargs)[peer_index]
+
+
+# A pre-split folder's files are the peers' data as given: a holdout would have to take from some of them.
+_FILES_HOLDOUT = ("--holdout draws from the whole training set before the split, but the 'files' partition gives "
+                  "each peer its own file as it is; use --partition iid or dirichlet:ALPHA, or --holdout 0")
 
 
 def _files_for(folder: Path, n: int) -> list[Path]:

@@ -159,6 +159,7 @@ class AverageModel:
                                                  seed=cfg.seed)
         work = load_workload(cfg, self.tokenizer, 0, max(1, cfg.peers))
         self.eval_set = work.eval.head(eval_limit) if eval_limit > 0 else work.eval
+        self.holdout_set = work.holdout  # --holdout: the validation split (None without)
         self.task = work.task
         self.eval_limit = eval_limit
         self._layers = lora_layers(self.model)
@@ -175,7 +176,7 @@ class AverageModel:
 
         return (model_spec(cfg) == self.spec and _eval_source(cfg) == self.eval_source
                 and cfg.max_length == self.cfg.max_length and cfg.alpha == self.cfg.alpha
-                and cfg.rslora == self.cfg.rslora)
+                and cfg.rslora == self.cfg.rslora and _holdout_of(cfg) == _holdout_of(self.cfg))
 
     def load(self, states: Sequence[PeerState]) -> None:
         """Make the model compute as the average of `states`."""
@@ -190,18 +191,21 @@ class AverageModel:
         current.dense.update(dense)
         write_adapter(self.model, current)
 
-    def evaluate(self, states: Sequence[PeerState], batch_size: int = 64) -> dict:
+    def evaluate(self, states: Sequence[PeerState], batch_size: int = 64, holdout: bool = False) -> dict:
         """Eval metrics of the average of `states` (every metric of the task, as `learn.evaluation.evaluate`
-        reports them: accuracy, f1, mcc ... and loss for classification) plus the spreads."""
+        reports them: accuracy, f1, mcc ... and loss for classification) plus the spreads. `holdout`: on the run's
+        --holdout validation split instead of the eval set."""
         from declora.learn.evaluation import evaluate
 
+        if holdout and self.holdout_set is None:
+            raise ValueError("this run has no --holdout validation split")
         self.load(states)
-        result = evaluate(self.model, self.eval_set, self.task, batch_size=batch_size)
+        result = evaluate(self.model, self.holdout_set if holdout else self.eval_set, self.task, batch_size=batch_size)
         result.update(spreads(states))
         result["peers"] = len(states)
         return result
 
-    def evaluate_round(self, run_dir: str | Path, t: int, batch_size: int = 64) -> dict:
+    def evaluate_round(self, run_dir: str | Path, t: int, batch_size: int = 64, holdout: bool = False) -> dict:
         """The average model of `run_dir` at round t (0-based), from every peer's round-t checkpoint."""
         cfg = load_run_config(Path(run_dir) / "config.json")
         if not self.compatible(cfg):
@@ -210,7 +214,7 @@ class AverageModel:
         states = load_peer_states(run_dir, t)
         if len(states) != cfg.peers:
             raise FileNotFoundError(f"{run_dir}: {len(states)} of {cfg.peers} peers have checkpoints")
-        return {"round": t, **self.evaluate(states, batch_size=batch_size)}
+        return {"round": t, **self.evaluate(states, batch_size=batch_size, holdout=holdout)}
 
     def rounds(self, run_dir: str | Path) -> list[int]:
         return common_rounds(run_dir)
@@ -226,6 +230,11 @@ def evaluate_average_model(run_dir: str | Path, t: int | None = None, device: st
             raise FileNotFoundError(f"{run_dir}: no round of which every peer kept a checkpoint")
         t = rounds[-1]
     return avg.evaluate_round(run_dir, t)
+
+
+def _holdout_of(cfg: RunConfig) -> tuple:
+    """What decides the validation split's examples (besides the training data, which _eval_source does not see)."""
+    return (cfg.holdout, cfg.seed, cfg.data) if cfg.holdout else (0,)
 
 
 def _eval_source(cfg: RunConfig) -> str:

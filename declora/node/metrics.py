@@ -137,6 +137,11 @@ def final_metrics(per_peer: dict[int, list[dict]], metric: str | None = None) ->
                      metric_max=max(values), metric_per_peer={pid: r.get(key) for pid, r in last.items()})
         known = METRICS.get(metric_name(key))
         final["metric_higher_is_better"] = known.higher_is_better if known else True
+    dev_key = "dev_" + key.removeprefix("eval_") if key else ""
+    devs = {pid: r[dev_key] for pid, r in last.items() if r.get(dev_key) is not None}
+    if devs:  # --holdout: the eval_* values are the validation split's; the dev set's are the run's result
+        final["dev"] = {"metric": metric_name(key), "mean": mean(devs.values()), "min": min(devs.values()),
+                        "max": max(devs.values()), "per_peer": devs}
     for k in eval_keys(list(last.values())):
         vals = [r[k] for r in last.values() if r.get(k) is not None]
         if vals:

@@ -142,8 +142,10 @@ def evaluate_if_due(cfg: RunConfig, learner: Learner, t: int, metric: str = "") 
     if not last and (t + 1) % cfg.eval_every:
         return {}
     result = learner.evaluate(limit=0 if last else cfg.eval_samples)
+    dev = learner.evaluate_dev() if last else {}  # --holdout: eval_* are the validation split's, dev_* the report's
     trim_heap()  # the evaluation's freed batches would otherwise stay resident under the next round's training
-    return {**{f"eval_{k}": v for k, v in result.items()}, **({"metric": metric} if metric else {})}
+    return {**{f"eval_{k}": v for k, v in result.items()}, **{f"dev_{k}": v for k, v in dev.items()},
+            **({"metric": metric} if metric else {})}
 
 
 def _eval_text(record: dict) -> str:

@@ -47,6 +47,10 @@ def final_line(final: dict, reference: dict | None) -> str | None:
             f"max {final['metric_max']:.4f}")
     if final["metric"] == "loss" and "perplexity_mean" in final:
         line += f" (perplexity {final['perplexity_mean']:.2f})"
+    if "dev" in final:  # --holdout: the line above is the validation split's
+        dev = final["dev"]
+        line += (f" on the held-out split; on the eval set mean {dev['mean']:.4f} min {dev['min']:.4f} "
+                 f"max {dev['max']:.4f}")
     if reference and reference.get("value") is not None:
         line += f"; centralized reference {reference['value']:.4f}"
     return line

@@ -20,6 +20,7 @@ class Workload:
     eval: object  # tokenize.TokenizedDataset
     task: str
     description: str  # sample count and label histogram, for the peer's log
+    holdout: object = None  # --holdout: the validation split no peer trains on (tokenize.TokenizedDataset)
 
 
 def data_spec(cfg: RunConfig):
@@ -55,6 +56,7 @@ def check_data(cfg: RunConfig) -> None:
     from declora.learn.examples import load_examples, presplit_files, task_of
 
     multiple_choice_set(cfg)
+    check_holdout(cfg)
     if not cfg.data and not cfg.eval_data:
         return  # the shipped data
     train, evaluation = data_paths(cfg)
@@ -70,6 +72,22 @@ def check_data(cfg: RunConfig) -> None:
             raise ConfigError(f"{path}: the labels are non-integer numbers (scores), but the task is classification "
                               f"(from {'--task' if cfg.task != 'auto' else 'the first rows of --data'}); pass "
                               f"--task regression")
+
+
+def check_holdout(cfg: RunConfig) -> None:
+    """--holdout N leaves training data for every peer, and the split can hold some out (not 'files')."""
+    if not cfg.holdout:
+        return
+    from declora.learn.partitions import holdout_indices, parse_scheme, pooled_examples
+
+    try:
+        if parse_scheme(cfg.partition)[0] == "files":
+            raise ValueError(f"--holdout {cfg.holdout} with --partition files: a pre-split folder gives each peer "
+                             f"its own file as it is; use --partition iid or dirichlet:ALPHA, or --holdout 0")
+        total = len(pooled_examples(data_paths(cfg)[0], data_spec(cfg))) if cfg.holdout > 0 else 0
+        holdout_indices(total, cfg.holdout, cfg.seed, cfg.peers)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def resolve_task(cfg: RunConfig) -> str:
@@ -130,14 +148,20 @@ def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union:
     """This peer's shard of the training data (or, for the centralized reference, the union of all shards) and the
     shared evaluation set, tokenized."""
     from declora.learn.examples import load_examples
-    from declora.learn.partitions import format_description, peer_examples, split_for_peers
+    from declora.learn.partitions import format_description, partition, pooled_examples, split_holdout
+    from declora.learn.partitions import peer_examples, split_for_peers
     from declora.learn.tokenize import tokenize
 
     train_path, eval_path = data_paths(cfg)
     task = resolve_task(cfg)
     spec = data_spec(cfg)
+    held: list = []
     try:
-        if union:
+        if cfg.holdout:  # the whole set is loaded anyway to split it: take the held-out part from the same load
+            held, rest = split_holdout(pooled_examples(train_path, spec), cfg.holdout, cfg.seed, n_shards)
+            shards = partition(rest, n_shards, cfg.partition, cfg.seed)
+            examples = [e for shard in shards for e in shard] if union else shards[peer_id]
+        elif union:
             examples = [e for shard in split_for_peers(train_path, n_shards, cfg.partition, cfg.seed, spec=spec)
                         for e in shard]
         else:
@@ -150,6 +174,7 @@ def load_workload(cfg: RunConfig, tokenizer, peer_id: int, n_shards: int, union:
         eval=tokenize(eval_examples, tokenizer, task, cfg.max_length),
         task=task,
         description=format_description(examples),
+        holdout=tokenize(held, tokenizer, task, cfg.max_length) if held else None,
     )
 
 
@@ -172,8 +197,10 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     steps_per_round = cfg.local_steps * cfg.peers if alone else cfg.local_steps
     seed = cfg.seed * 1000 + peer_id
     trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=seed)
-    return Learner(model, tokenizer, trainer, work.eval, work.task, rank, seed,
-                   eval_batch_size=max(cfg.batch_size, 64), mc_set=multiple_choice_set(cfg), mc_scoring=cfg.mc_scoring)
+    # --holdout: the rounds' evaluations on the validation split, the eval set kept for the final report only.
+    evals = (work.holdout, work.eval) if work.holdout is not None else (work.eval, None)
+    return Learner(model, tokenizer, trainer, evals[0], work.task, rank, seed, eval_batch_size=max(cfg.batch_size, 64),
+                   mc_set=multiple_choice_set(cfg), mc_scoring=cfg.mc_scoring, dev_set=evals[1])
 
 
 def multiple_choice_set(cfg: RunConfig) -> list:
@@ -205,7 +232,8 @@ def server_expectations(cfg: RunConfig):
     layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
-        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=data_spec(cfg))
+        shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=data_spec(cfg),
+                                 holdout=cfg.holdout)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
     return layout, {i: len(shard) for i, shard in enumerate(shards)}
