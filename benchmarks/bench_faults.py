@@ -48,7 +48,7 @@ def scenarios(args) -> dict[str, dict]:
         "none": {"how": "no fault", "flags": []},
         "kill": {"how": f"SIGKILL peers {', '.join(f'{p} after round {r}' for p, r in kills)}; no restart",
                  "flags": [], "kills": kills},
-        "kill+restart": {"how": f"the same kills; --restart-dead", "flags": ["--restart-dead"], "kills": kills},
+        "kill+restart": {"how": "the same kills; --restart-dead", "flags": ["--restart-dead"], "kills": kills},
         "slow": {"how": f"--slow-peers {SLOW_PEER}:3 (peer {SLOW_PEER} trains 3x slower)",
                  "flags": ["--slow-peers", f"{SLOW_PEER}:3"]},
         "partition": {"how": f"--cut {'|'.join(HALVES)}@{cut_from}:{cut_from + 5} (5 rounds, then healed)",
