@@ -141,7 +141,8 @@ def resolve(args: argparse.Namespace | None = None, file_values: dict | None = N
 RESUMABLE = frozenset({"rounds", "deadline_s", "start_timeout_s", "heartbeat_s", "missed_heartbeats",
                        "fault_tolerant", "keys", "insecure", "eval_every", "eval_samples", "threads", "gpus", "cpu",
                        "restart_dead", "max_restarts", "save_adapters", "keep_checkpoints", "resume", "out",
-                       "metric", "report_to", "reference"})
+                       "metric", "report_to", "reference", "adaptive_deadline", "deadline_floor_s", "stale_rounds",
+                       "stale_decay", "slow_peers", "chaos", "cut"})
 
 
 def _saved_run(args, values: dict, flags: dict) -> dict | None:
