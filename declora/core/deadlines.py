@@ -7,7 +7,8 @@ ready the first half of its neighbours' messages arrived (the quorum time: a str
 it), and waits at most `factor` times a high percentile of its recent values. Two floors keep it from cutting off
 healthy neighbours: a fixed `floor_s`, and a `slack` fraction of this peer's own compute time (peers that train at
 the same speed drift apart by a fraction of it). `cap_s` (the run's --deadline-s) bounds it from above, and is the
-deadline until the first round has been observed.
+deadline until the first round has been observed; in that first round the rest of the neighbours get at most the
+floors after the quorum has arrived (`quorum_rule`).
 
 A neighbour cut off by the deadline is not lost: its message arrives during a later round and is mixed then, with
 its weight scaled by `stale_weight(age)`, up to `max_age` rounds late.
@@ -61,6 +62,15 @@ class AdaptiveDeadline:
         floor = max(self.floor_s, self.slack * (self._compute_s or 0.0))
         return min(self.cap_s, max(floor, self.factor * percentile(list(self._quorum), self.quantile)))
 
+    def quorum_rule(self, neighbours: int, compute_s: float) -> tuple[int, float] | None:
+        """Before any round was observed (the first round, or the first after a resume) the deadline is the cap,
+        which a straggler among the neighbours would make every round's wait: instead, once the quorum of
+        `neighbours` has arrived, wait at most the floors (of `compute_s`, this round's own training) for the
+        rest. None once the deadline has been learned."""
+        if self._quorum or neighbours <= 0:
+            return None
+        return quorum_size(neighbours), max(self.floor_s, self.slack * max(0.0, float(compute_s)))
+
     def state_dict(self) -> dict:
         return {"quorum": list(self._quorum), "compute_s": self._compute_s}
 
@@ -81,6 +91,9 @@ class FixedDeadline:
 
     def seconds(self) -> float:
         return self.cap_s
+
+    def quorum_rule(self, neighbours: int, compute_s: float) -> None:
+        return None
 
     def state_dict(self) -> dict:
         return {}

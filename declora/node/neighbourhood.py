@@ -84,8 +84,9 @@ class Gossip:
         return AdapterLayout.from_adapter(mine, max_rank=self.max_rank, equal_rank=self.strategy.equal_ranks)
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
-                 deadline_s: float) -> Received:
-        result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s)
+                 deadline_s: float, quorum: tuple[int, float] | None = None) -> Received:
+        result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s,
+                                    quorum)
         # A neighbour cut off by an earlier round's deadline counts now, discounted by how late it is.
         adapters = decode_received({**result.received, **result.late}, transport.layout)
         implausible = self.plausibility.screen(adapter_norm(mine), {j: adapter_norm(a) for j, a in adapters.items()})
@@ -166,7 +167,7 @@ class ServerClient:
         return AdapterLayout.from_adapter(mine, max_rank=self.total_rank, same_alpha=False)
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
-                 deadline_s: float) -> Received:
+                 deadline_s: float, quorum: tuple[int, float] | None = None) -> Received:
         # The update states its sample count: the server weighs clients by their data shares.
         update = make_message(Kind.UPDATE, self.peer_id, t, sender.encode(mine), body={"samples": samples})
         sent = update.nbytes if transport.send(self.server_id, update) else 0
@@ -201,7 +202,7 @@ class Alone:
         return None
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
-                 deadline_s: float) -> Received:
+                 deadline_s: float, quorum: tuple[int, float] | None = None) -> Received:
         return Received()
 
     def combine(self, mine: Adapter, got: Received) -> None:

@@ -65,7 +65,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             compute_s = time.time() - round_start
 
             mine = learner.adapter()
-            got = hood.exchange(transport, t, mine, sender, learner.samples, deadline.seconds())
+            got = hood.exchange(transport, t, mine, sender, learner.samples, deadline.seconds(),
+                                deadline.quorum_rule(len(hood.neighbours), compute_s))
             deadline.observe(list(got.arrivals.values()), got.awaited, got.waited_s, compute_s)
             result = hood.combine(mine, got)
             if result is not None and not rollback.accept(result.adapter, t):

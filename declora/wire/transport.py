@@ -162,16 +162,18 @@ class Transport(StateTransfer):
         return body
 
     # ---- receiving a round ------------------------------------------------------------------------------------------
-    def collect(self, round: int, kind: Kind | str, expect: Iterable[int], deadline_s: float) -> RoundResult:
+    def collect(self, round: int, kind: Kind | str, expect: Iterable[int], deadline_s: float,
+                quorum: tuple[int, float] | None = None) -> RoundResult:
         """Wait until every live peer in `expect` has delivered its `kind` message of `round`, or `deadline_s`
-        seconds have passed. Returns every neighbour's message of that round (expected or not); afterwards
-        messages of this kind from this round or earlier are dropped as old."""
+        seconds have passed, or (`quorum` = (k, grace_s)) grace_s seconds after the k-th of them arrived. Returns
+        every neighbour's message of that round (expected or not); afterwards messages of this kind from this round
+        or earlier are dropped as old."""
         kind = Kind(kind)
         expect = {int(j) for j in expect}
         start = time.monotonic()
         end = start + max(0.0, float(deadline_s))
         tick = min(0.25, self.liveness.heartbeat_interval_s / 2)
-        awaited = None
+        awaited, quorum_met = None, quorum is None
         with self._cv:
             self._round = max(self._round, int(round))
             self._advance_floor(kind, int(round))
@@ -182,6 +184,8 @@ class Transport(StateTransfer):
                 if awaited is None:
                     awaited = len(waiting) + len(set(box) & expect)
                 now = time.monotonic()
+                if not quorum_met and len(set(box) & expect) >= quorum[0]:
+                    quorum_met, end = True, min(end, now + quorum[1])
                 if not waiting or now >= end:
                     break
                 self._cv.wait(min(end - now, tick))
@@ -216,12 +220,13 @@ class Transport(StateTransfer):
         sent its message for it before we could hear it (we are the late one). Nobody waits a deadline for them."""
         return {j for j, r in self._peer_round.items() if r < round - 1 or r > round}
 
-    def exchange(self, round: int, message: Message, deadline_s: float) -> RoundResult:
+    def exchange(self, round: int, message: Message, deadline_s: float,
+                 quorum: tuple[int, float] | None = None) -> RoundResult:
         """Send this round's message to every live neighbour, then collect theirs (same kind and round)."""
         if message.round != round:
             raise ValueError(f"message is for round {message.round}, not {round}")
         sent = self.broadcast(message)
-        result = self.collect(round, message.kind, set(self.neighbours), deadline_s)
+        result = self.collect(round, message.kind, set(self.neighbours), deadline_s, quorum)
         result.bytes_sent = message.nbytes * sum(sent.values())
         return result
 

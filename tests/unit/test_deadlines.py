@@ -116,3 +116,11 @@ def test_a_disconnected_survivor_graph_mixes_within_each_part():
         x = W @ x
     assert np.allclose(x, [2.0, 2.0, 20.0, 20.0])
     assert nx.number_connected_components(graph.subgraph(alive)) == 2
+
+
+def test_the_first_round_stops_waiting_soon_after_a_quorum():
+    d = AdaptiveDeadline(cap_s=300, floor_s=1.0, slack=0.25)
+    assert d.quorum_rule(5, compute_s=8.0) == (2, 2.0)  # 2 of 5, then max(1 s, 0.25 x 8 s)
+    d.observe([0.1, 0.2], expected=2, waited_s=0.2, compute_s=8.0)
+    assert d.quorum_rule(5, compute_s=8.0) is None  # learned: seconds() rules from now on
+    assert FixedDeadline(300).quorum_rule(5, 8.0) is None

@@ -69,3 +69,10 @@ def test_arrivals_say_how_long_after_the_collect_began_each_message_came():
     r = a.collect(0, Kind.FACTORS, {1, 2}, deadline_s=5)
     assert r.arrivals[1] == 0.0 and 0.2 < r.arrivals[2] < 2.0
     assert r.awaited == 2
+
+
+def test_a_quorum_ends_the_wait_after_its_grace():
+    a, b, c = pair(stale=2)
+    b.send(0, factors(1, 0))  # the quorum (1 of 2) is there; c never sends
+    r = a.collect(0, Kind.FACTORS, {1, 2}, deadline_s=30, quorum=(1, 0.3))
+    assert list(r.received) == [1] and r.missing == [2] and r.waited_s < 3
