@@ -40,6 +40,12 @@ class Learner:
         with self.rng:
             return self.trainer.train_steps(steps)
 
+    def skip_to_round(self, t: int) -> None:
+        """A peer that jumped ahead to round t (catch-up, rejoin) takes the learning rate of round t: the schedule
+        runs on optimizer steps, and a peer left at the step of its last own round would train at a higher rate than
+        its neighbours at the end of a decaying schedule, and drift from them as they anneal."""
+        self.trainer.step = max(self.trainer.step, int(t) * self.trainer.config.local_steps)
+
     def adapter(self) -> Adapter:
         return read_adapter(self.model)
 

@@ -39,6 +39,7 @@ def catch_up(transport, hood, learner: Learner, start_round: int, timeout_s: flo
     j, msg = max(usable.items(), key=lambda kv: (kv[1].round, -kv[0]))
     learner.load(hood.adopt(message_to_adapter(msg, transport.layout)))
     target = min(msg.round + 1, rounds - 1)
+    learner.skip_to_round(target)
     log.info("caught up: took neighbour %d's state after its round %d; starting at round %d instead of %d", j,
              msg.round, target, start_round)
     return max(target, start_round)
@@ -59,6 +60,7 @@ def rejoin_if_behind(transport, hood, learner: Learner, t: int, lag: int, rounds
     theirs = {j: message_to_adapter(m, transport.layout) for j, m in sorted(states.items())}
     learner.load(hood.mix_states(learner.adapter(), theirs))
     target = min(max(m.round for m in states.values()) + 1, rounds - 1)
+    learner.skip_to_round(target)
     log.info("fell behind at round %d (neighbours at %d): mixed in the states of %s and went on at round %d", t,
              max(ahead.values()), sorted(states), target)
     transport.set_round(target)

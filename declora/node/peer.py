@@ -80,7 +80,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                 learner.load(result.adapter)
 
             record = {"round": t, "peer": peer_id, "train_loss": train_stats["loss"],
-                      "train_samples": train_stats["samples"], "neighbours": len(hood.neighbours),
+                      "train_samples": train_stats["samples"], "lr": train_stats["lr"],
+                      "neighbours": len(hood.neighbours),
                       "neighbours_heard": len(got.adapters) - len(got.late),
                       "neighbours_missing": got.missing, "late": {str(j): age for j, age in sorted(got.late.items())}, "distance_to_neighbours": got.distance,
                       "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
