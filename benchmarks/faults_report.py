@@ -119,6 +119,7 @@ def table(cells: list[dict]) -> str:
         wall = f"{c['wall_s']:.0f} s" + (f" ({c['wall_s'] / base['wall_s']:.2f}x)" if base and c is not base else "")
         wait = c.get("healthy_wait_s")
         wait_txt = "n/a" if wait is None else f"{wait:.2f} s"
-        lines.append(f"| {c['fault']} | {c['how']} | {c['happened']} | {c['lost']} | {acc_txt} | {rt_txt} | {wait_txt} "
+        how = c["how"].replace("|", "\\|")  # a --cut's sides, inside a markdown cell
+        lines.append(f"| {c['fault']} | {how} | {c['happened']} | {c['lost']} | {acc_txt} | {rt_txt} | {wait_txt} "
                      f"| {wall} |")
     return "\n".join(lines)
