@@ -17,9 +17,9 @@ import torch
 
 from declora.config import ConfigError, RunConfig, add_peer_flags
 from declora.core.attacks import HostileSender
+from declora.core.deadlines import AdaptiveDeadline, FixedDeadline
 from declora.learn.learner import Learner
 from declora.learn.metrics import record_key
-from declora.core.deadlines import AdaptiveDeadline, FixedDeadline
 from declora.node.catch_up import catch_up, rejoin_if_behind
 from declora.node.checkpoint import adapter_from_state, adapter_to_state, load_checkpoint, save_checkpoint
 from declora.node.heap import trim_heap
@@ -50,9 +50,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
     deadline = deadline_policy(cfg, hood)
     transport.set_round(start_round)
     if start_round > 0:  # resumed: a neighbour further behind may ask for our state before we finish a round
-        published = hood.state_message(start_round - 1, learner.adapter())
-        if published is not None:
-            transport.publish_state(published)
+        publish_state(transport, hood, start_round - 1, learner.adapter())
     with transport:
         wait_for_neighbours(transport, hood.neighbours, cfg.start_timeout_s)
         resumed_at = start_round
@@ -83,7 +81,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                       "train_samples": train_stats["samples"], "lr": train_stats["lr"],
                       "neighbours": len(hood.neighbours),
                       "neighbours_heard": len(got.adapters) - len(got.late),
-                      "neighbours_missing": got.missing, "late": {str(j): age for j, age in sorted(got.late.items())}, "distance_to_neighbours": got.distance,
+                      "neighbours_missing": got.missing, "late": {str(j): age for j, age in sorted(got.late.items())},
+                      "distance_to_neighbours": got.distance,
                       "bytes_sent": got.bytes_sent, "bytes_received": got.bytes_received, "wait_seconds": got.waited_s,
                       "implausible": sorted(got.implausible), "clipped": got.clipped, "rollbacks": rollback.count}
             if t == start_round and start_round != resumed_at:
@@ -103,9 +102,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                      "neighbourhood": hood.state_dict()}
             save_checkpoint(run_dir, peer_id, t, state, cfg.keep_checkpoints)
             trim_heap()  # node.heap: the round's freed activations would stay resident and fragment
-            published = hood.state_message(t, after)  # for a neighbour that comes back behind
-            if published is not None:
-                transport.publish_state(published)
+            publish_state(transport, hood, t, after)  # for a neighbour that comes back behind
             log.info("round %d: loss %.4f, heard %d/%d, %s", t, train_stats["loss"], record["neighbours_heard"],
                      len(hood.neighbours), _eval_text(record))
             t += 1
@@ -114,6 +111,13 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
             learner.save(run_dir / "adapters" / f"peer-{peer_id}", base_changed=bool(merged))
     metrics.close()
     board.close()
+
+
+def publish_state(transport, hood, t: int, adapter) -> None:
+    """Our adapter after round t, for a neighbour that asks for it to catch up (none in stack mode)."""
+    published = hood.state_message(t, adapter)
+    if published is not None:
+        transport.publish_state(published)
 
 
 def deadline_policy(cfg: RunConfig, hood) -> AdaptiveDeadline | FixedDeadline:
