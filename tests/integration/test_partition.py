@@ -120,7 +120,9 @@ def test_a_network_partition_between_emulated_hosts_heals(tmp_path):
             output, _ = launcher.communicate()
     for i in range(4):
         records = rows(out, i)
-        assert [r["round"] for r in records] == list(range(len(records)))
+        done = [r["round"] for r in records]
+        # Every round up to the heal; after it, a half that came out behind may rejoin the other's round.
+        assert done[: healed_at[i]] == list(range(healed_at[i])) and done == sorted(set(done)), (i, done)
         # Both halves trained during the cut: each did many rounds in those seconds, mixing with its own side.
         during = records[cut_at[i] + 3: healed_at[i]]
         assert len(during) >= 3, (i, cut_at[i], healed_at[i])
