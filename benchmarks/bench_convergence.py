@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--quick", action="store_true", help="4 peers, 4 rounds, 6 runs, 256 dev examples (<10 min)")
     which.add_argument("--full", action="store_true", help="8 peers, 20 rounds x 8 steps, 19 runs (~2 h on 2 cores)")
+    which.add_argument("--drift", action="store_true", help="8 peers, 10 rounds x 8 steps: centralized, gossip exp "
+                                                            "and gossip exp with each drift correction")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
     p.add_argument("--only", default="", help="comma-separated run names or methods to run (e.g. svd,fedit)")
     p.add_argument("--wait-for-load", type=float, default=0.0,
@@ -121,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def chosen_preset(args: argparse.Namespace) -> Preset:
     """The preset asked for, with --rounds applied, named with its tag: given --only, --rounds, --lr or --head-lr
     without --tag, the tag is 'custom', so that a partial or changed run never overwrites the preset's results."""
-    preset = PRESETS["quick" if args.quick else "full"]
+    preset = PRESETS["quick" if args.quick else "drift" if args.drift else "full"]
     if args.rounds:
         preset = replace(preset, rounds=args.rounds, peer_eval_every=min(preset.peer_eval_every, args.rounds))
     tag = args.tag or (Path(args.model).name if args.model else "")

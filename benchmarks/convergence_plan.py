@@ -7,12 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); see benchmarks/README.md for the one-process optimum
-GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad")  # decentralized, no server
+DRIFT_RULES = ("kgt", "qgm", "nesterov", "ffa")  # issue 15: gossip-<topology>-<rule> runs `--drift <rule>`
+DRIFT_METHODS = tuple(f"gossip-{t}-{d}" for t in ("exp", "ring") for d in DRIFT_RULES)
+GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad", *DRIFT_METHODS)  # decentralized, no server
 SERVER_METHODS = ("fedit", "flora", "flexlora")
-EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit")  # skipped at heterogeneous ranks (see plan())
+EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit", *DRIFT_METHODS)  # skipped at heterogeneous ranks (see plan())
 LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32",
           "gossip-ring": "gossip ring", "gossip-exp": "gossip exp", "stack": "stack (ring)", "svd": "svd (ring)",
-          "zeropad": "zeropad (ring)", "fedit": "server fedit", "flora": "server flora", "flexlora": "server flexlora"}
+          "zeropad": "zeropad (ring)", "fedit": "server fedit", "flora": "server flora", "flexlora": "server flexlora",
+          **{m: f"gossip {m.split('-')[1]} + {m.split('-')[2]}" for m in DRIFT_METHODS}}
 
 # Cost model for the time estimate, in core-seconds per unit (measured on the development machine with 1 torch
 # thread per process; benchmarks/README.md): one MiniLM step of 32 with length-grouped batches, evaluating one dev
@@ -38,6 +41,10 @@ PRESETS = {
     "quick": Preset("quick", peers=4, rounds=4, local_steps=5, eval_examples=256, peer_eval_every=2, holdout=256),
     "full": Preset("full", peers=8, rounds=20, local_steps=8, eval_examples=0, peer_eval_every=20, avg_eval_every=2,
                    holdout=1000),
+    # Issue 15's drift-correction comparison at a budget that fits 3 seeds in about an hour on 2 cores: the full
+    # preset's 8 peers and 8 local steps per round (the drift), half its rounds.
+    "drift": Preset("drift", peers=8, rounds=10, local_steps=8, eval_examples=0, peer_eval_every=10, avg_eval_every=5,
+                    holdout=500),
 }
 SEEDS = (0, 1, 2)  # every method runs with each (--seeds): mean and 95% interval, paired comparisons
 # Torch threads of every process of every run, whatever the machine: `declora simulate` would otherwise take cores /
@@ -83,7 +90,8 @@ class Spec:
         elif self.method in SERVER_METHODS:
             what = ["--server", self.method]
         elif self.method.startswith("gossip-"):
-            what = ["--mode", "gossip", "--topology", self.method.split("-", 1)[1]]
+            _, topology, *drift = self.method.split("-")
+            what = ["--mode", "gossip", "--topology", topology] + (["--drift", drift[0]] if drift else [])
         else:
             what = ["--mode", self.method, "--topology", "ring"]
         codec = ["--codec", self.codec, "--error-feedback" if self.error_feedback else "--no-error-feedback"]
@@ -101,6 +109,8 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
     answers the main question. The codec runs depend on the best decentralized method of the first list."""
     if preset.name.startswith("quick"):
         return [Spec(m) for m in ("centralized", "gossip-ring", "svd")], [Spec(m) for m in ("fedit", "flora")]
+    if preset.name.startswith("drift"):
+        return [Spec(m) for m in ("centralized", "gossip-exp", *(f"gossip-exp-{d}" for d in DRIFT_RULES))], []
     het = hetero_ranks(preset.peers)
     first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
     rest = [Spec(m) for m in ("fedit", "flora", "flexlora")]
@@ -114,6 +124,8 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
 
 def codec_specs(preset: Preset, best: str) -> list[Spec]:
     """The codecs on the best decentralized method (each with every seed, compared with its fp32 runs)."""
+    if preset.name.startswith("drift"):  # the codecs are the full suite's question, not this comparison's
+        return []
     quick = preset.name.startswith("quick")
     variants = [("int4", True)] if quick else [("int8", False), ("int4", False), ("int4", True)]
     return [Spec(best, codec=c, error_feedback=ef, group="codecs") for c, ef in variants]

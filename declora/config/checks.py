@@ -7,6 +7,7 @@ from pathlib import Path
 from declora.config.fields import MODES, SERVER_AGGREGATIONS, ConfigError, RunConfig
 from declora.core.attacks import ATTACKS
 from declora.core.codecs import CODEC_NAMES
+from declora.core.drift import DRIFT_RULES
 from declora.core.mixing import MIXING_RULES
 from declora.core.robust import ROBUST_RULES, RobustRule
 from declora.core.strategies import STRATEGIES, get_strategy
@@ -88,6 +89,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.host_mbit >= 0, f"--host-mbit must be >= 0 (0 = no cap), got {cfg.host_mbit}")
     need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
     _check_chaos(cfg)
+    _check_drift(cfg)
     need(cfg.peers_per_process >= 1, f"--peers-per-process must be >= 1, got {cfg.peers_per_process}")
     merging = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
     need(cfg.peers_per_process == 1 or not merging,
@@ -141,3 +143,20 @@ def _check_topology(cfg: RunConfig) -> None:
         raise ConfigError(str(e)) from None
     if n != cfg.peers:
         raise ConfigError(f"the topology {cfg.topology} has {n} nodes but --peers is {cfg.peers}")
+
+
+def _check_drift(cfg: RunConfig) -> None:
+    """Drift correction acts on A and B entry by entry (core.drift says why): factor averaging only."""
+    if cfg.drift == "none":
+        return
+    if cfg.drift not in DRIFT_RULES:
+        raise ConfigError(f"--drift must be one of {', '.join(DRIFT_RULES)}, got {cfg.drift!r}")
+    where = f"--server {cfg.server}" if cfg.server else f"--mode {cfg.mode}"
+    if cfg.server or cfg.mode != "gossip":
+        raise ConfigError(f"--drift {cfg.drift} corrects the A and B factors entry by entry, which needs gossip's "
+                          f"factor averaging, not {where}; use --mode gossip (equal ranks) or --drift none")
+    if not (0 < cfg.outer_lr <= 2 and 0 <= cfg.outer_momentum < 1):
+        raise ConfigError(f"--outer-lr must be in (0, 2] and --outer-momentum in [0, 1), got {cfg.outer_lr} and "
+                          f"{cfg.outer_momentum}")
+    if not (0 <= cfg.qgm_beta < 1 and 0 <= cfg.qgm_mu < 1):
+        raise ConfigError(f"--qgm-beta and --qgm-mu must be in [0, 1), got {cfg.qgm_beta} and {cfg.qgm_mu}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from declora.core.attacks import ATTACKS
 from declora.core.codecs import CODEC_NAMES
+from declora.core.drift import DRIFT_RULES
 from declora.core.mixing import MIXING_RULES
 from declora.core.robust import ROBUST_RULES
 from declora.core.strategies import SERVER_ALIASES, STRATEGIES
@@ -49,6 +50,15 @@ class RunConfig:
     mixing: str = _opt("metropolis", "mixing weights: metropolis | maxdegree | laplacian", choices=MIXING_RULES)
     mode: str = _opt("gossip", "aggregation: gossip | stack | svd | zeropad | centralized", choices=MODES)
     server: str = _opt("", "run the parameter-server baseline instead of gossip: fedit | flora | flexlora | zeropad")
+    # drift correction of gossip with local steps (issue 15): declora.core.drift
+    drift: str = _opt("none", "drift correction: none | kgt (gradient tracking; sends the round's displacement too: "
+                              "2x bytes) | qgm (quasi-global momentum) | nesterov (outer Nesterov on the mixed "
+                              "pseudo-gradient) | ffa (A frozen, only B trained and sent); gossip mode",
+                      choices=DRIFT_RULES)
+    outer_lr: float = _opt(0.7, "--drift nesterov: outer learning rate (1 with --outer-momentum 0 is plain gossip)")
+    outer_momentum: float = _opt(0.9, "--drift nesterov: outer Nesterov momentum")
+    qgm_beta: float = _opt(0.5, "--drift qgm: how much of the quasi-global momentum every local step adds")
+    qgm_mu: float = _opt(0.9, "--drift qgm: decay of the quasi-global momentum buffer per round")
     codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODEC_NAMES)
     block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
     stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")

@@ -13,11 +13,12 @@ import torch
 from declora.core import aggregate
 from declora.core.factors import Adapter
 from declora.learn.evaluation import evaluate
+from declora.learn.live_adapter import freeze_lora_A, offset_applier
 from declora.learn.multiple_choice_eval import evaluate_multiple_choice
 from declora.learn.model import (base_weights, load_base_weights, merge_delta_and_reset, read_adapter, save_adapter,
                                  save_merged_model, write_adapter)
 from declora.learn.rng import RngStream
-from declora.learn.training import LocalTrainer
+from declora.learn.training import LocalTrainer, lr_factor
 
 
 class Learner:
@@ -35,10 +36,25 @@ class Learner:
         """Training examples this learner holds (a server weighs its update by them)."""
         return len(self.trainer.dataset)
 
-    def train(self, steps: int | None = None) -> dict:
-        """`steps` optimizer steps (default: the trainer's steps per round); the trainer's stats."""
+    def train(self, steps: int | None = None, offset: Adapter | None = None) -> dict:
+        """`steps` optimizer steps (default: the trainer's steps per round); the trainer's stats.
+
+        `offset` (drift correction, core.drift): a displacement subtracted after every step. It was measured in the
+        steps of the last round, so it is scaled like a step: by this step's learning-rate factor over that round's
+        mean (a correction taken at a high rate must not push a model whose own steps have annealed to nothing)."""
         with self.rng:
-            return self.trainer.train_steps(steps)
+            return self.trainer.train_steps(steps, None if offset is None else self._applier(offset))
+
+    def _applier(self, offset: Adapter):
+        apply, config, step = offset_applier(self.model, offset), self.trainer.config, self.trainer.step
+        first = max(0, step - config.local_steps)  # the last round's steps (this round's in the first)
+        ref = sum(lr_factor(s, config) for s in range(first, first + config.local_steps)) / config.local_steps
+        return lambda factor: apply(factor / ref if ref > 0 else 0.0)
+
+    def freeze_A(self) -> None:
+        """FFA-LoRA: only B and the head train; A keeps the run's shared initial value."""
+        freeze_lora_A(self.model)
+        self.trainer.reset_optimizer()
 
     def skip_to_round(self, t: int) -> None:
         """A peer that jumped ahead to round t (catch-up, rejoin) takes the learning rate of round t: the schedule

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -132,9 +133,10 @@ class LocalTrainer:
             self.epoch, self.batch_in_epoch, self._batches = self.epoch + 1, 0, None
 
     # ---- training ---------------------------------------------------------------------------------------------
-    def train_steps(self, k: int | None = None) -> dict:
-        """k optimizer steps (default: config.local_steps). Returns the mean loss, steps, samples, seconds, lr, and
-        whether the optimizer had to be rebuilt because the adapter's tensors were replaced."""
+    def train_steps(self, k: int | None = None, after_step: Callable[[float], None] | None = None) -> dict:
+        """k optimizer steps (default: config.local_steps), calling `after_step(f)` after each with that step's
+        learning-rate factor (drift correction). Returns the mean loss, steps, samples, seconds, lr, and whether the
+        optimizer had to be rebuilt because the adapter's tensors were replaced."""
         k = self.config.local_steps if k is None else k
         rebuilt = self._optimizer_is_stale()
         if rebuilt:
@@ -143,7 +145,10 @@ class LocalTrainer:
         self.model.train()
         start, losses, samples = time.perf_counter(), [], 0
         for _ in range(k):
+            factor = lr_factor(self.step, self.config)
             loss, n = self._one_step(device)
+            if after_step is not None:
+                after_step(factor)
             losses.append(loss)
             samples += n
         return {"loss": sum(losses) / max(1, len(losses)), "steps": k, "samples": samples,

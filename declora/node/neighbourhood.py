@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from declora.config import RunConfig
 from declora.core.aggregate import consensus_distance
 from declora.core.deadlines import stale_weight
+from declora.core.drift import DriftRule, make_drift_rule
 from declora.core.factors import Adapter
 from declora.core.mixing import discount_row, mixing_matrix, mixing_row, renormalize_row
 from declora.core.plausibility import PlausibilityCheck
 from declora.core.robust import (COORDINATE_RULES, RobustRule, adapter_norm, clipped_weights, coordinatewise,
                                  distances_for)
 from declora.core.strategies import Strategy, get_strategy
+from declora.node.checkpoint import adapter_from_state, adapter_to_state
 from declora.wire.adapter_messages import AdapterSender, decode_received, encode_adapter
 from declora.wire.protocol import AdapterLayout, Kind, Message, make_message
 
@@ -69,8 +71,11 @@ class Gossip:
 
     def __init__(self, peer_id: int, topology, row: dict[int, float], strategy: Strategy, rank: int,
                  max_rank: int, alpha: float, rslora: bool, robust: RobustRule = RobustRule(),
-                 plausibility: PlausibilityCheck | None = None, stale_rounds: int = 0, stale_decay: float = 0.5):
+                 plausibility: PlausibilityCheck | None = None, stale_rounds: int = 0, stale_decay: float = 0.5,
+                 drift: DriftRule | None = None):
         self.peer_id, self.topology, self.row, self.strategy = peer_id, topology, row, strategy
+        self.drift = drift if drift is not None else DriftRule(1)  # what is sent and mixed, and what a step adds
+        self._sent: Adapter | None = None  # this round's payload, exactly as mixed on our side
         self.neighbours = topology.neighbors(peer_id)
         self.rank, self.max_rank, self.alpha, self.rslora = rank, max_rank, alpha, rslora
         self.robust = robust
@@ -81,15 +86,22 @@ class Gossip:
     def inbound_layout(self, mine: Adapter) -> AdapterLayout:
         """Our modules and dense tensors; factor averaging needs our rank, the exact modes any rank up to the
         largest in the run."""
-        return AdapterLayout.from_adapter(mine, max_rank=self.max_rank, equal_rank=self.strategy.equal_ranks)
+        return AdapterLayout.from_adapter(self.drift.payload_like(mine), max_rank=self.max_rank,
+                                          equal_rank=self.strategy.equal_ranks)
+
+    def begin_round(self, start: Adapter) -> Adapter | None:
+        """The adapter before the round's local steps; returns the displacement each local step subtracts."""
+        return self.drift.begin_round(start)
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
                  deadline_s: float, quorum: tuple[int, float] | None = None) -> Received:
-        result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(mine)), deadline_s,
-                                    quorum)
+        self._sent = self.drift.payload(mine)
+        result = transport.exchange(t, make_message(Kind.FACTORS, self.peer_id, t, sender.encode(self._sent)),
+                                    deadline_s, quorum)
         # A neighbour cut off by an earlier round's deadline counts now, discounted by how late it is.
         adapters = decode_received({**result.received, **result.late}, transport.layout)
-        implausible = self.plausibility.screen(adapter_norm(mine), {j: adapter_norm(a) for j, a in adapters.items()})
+        implausible = self.plausibility.screen(adapter_norm(self._sent),
+                                               {j: adapter_norm(a) for j, a in adapters.items()})
         for j, why in implausible.items():
             log.warning("peer %d round %d: dropped neighbour %d's adapter as implausible: %s", self.peer_id, t, j, why)
             del adapters[j]
@@ -104,20 +116,23 @@ class Gossip:
                         implausible=implausible, late=late, arrivals=dict(result.arrivals), awaited=result.awaited)
 
     def combine(self, mine: Adapter, got: Received) -> Combined:
-        """Our exact adapter mixed with the neighbours' decoded ones (robustly, if the run says so)."""
+        """Our exact adapter mixed with the neighbours' decoded ones (robustly, if the run says so); with drift
+        correction, what is mixed is each peer's payload, and the rule turns the mix into our adapter."""
+        sent = self._sent if self._sent is not None else self.drift.payload(mine)
         ids = [self.peer_id, *sorted(got.adapters)]
-        adapters = [mine if i == self.peer_id else got.adapters[i] for i in ids]
+        adapters = [sent if i == self.peer_id else got.adapters[i] for i in ids]
         weights = [got.weights[i] for i in ids]
         got.distance = consensus_distance(adapters) if len(adapters) > 1 else 0.0
         if self.robust.name in COORDINATE_RULES:
-            return Combined(coordinatewise(adapters, self.robust.name, self.robust.trim), False)
+            return Combined(self.drift.finish(coordinatewise(adapters, self.robust.name, self.robust.trim), mine),
+                            False)
         if self.robust.name == "clip" and len(adapters) > 1:
-            distances = distances_for(self.strategy.equal_ranks, mine, adapters[1:])
+            distances = distances_for(self.strategy.equal_ranks, sent, adapters[1:])
             weights, got.clip_radius = clipped_weights(weights, distances, self.robust.trim)
             got.clipped = [j for j, d in zip(ids[1:], distances) if d > got.clip_radius]
             got.weights = dict(zip(ids, weights))
         mixed = self.strategy.combine(adapters, weights, rank=self.rank, alpha=self.alpha, rslora=self.rslora)
-        return Combined(mixed, self.strategy.merges_into_base)
+        return Combined(self.drift.finish(mixed, mine), self.strategy.merges_into_base)
 
     # ---- catch-up: a peer that is behind takes a neighbour's state --------------------------------------------------
     @property
@@ -144,16 +159,24 @@ class Gossip:
                                      rslora=self.rslora)
 
     def state_dict(self) -> dict:
-        """What it learned from past rounds (the plausibility check's history): goes into the checkpoint."""
-        return {"plausibility": self.plausibility.state_dict()}
+        """What it learned from past rounds (the plausibility check's history, the drift rule's correction or
+        momentum): goes into the checkpoint."""
+        drift = {k: None if v is None else adapter_to_state(v) for k, v in self.drift.state_dict().items()}
+        return {"plausibility": self.plausibility.state_dict(), "drift": drift}
 
     def load_state_dict(self, state: dict) -> None:
         if "plausibility" in state:
             self.plausibility.load_state_dict(state["plausibility"])
+        if state.get("drift"):
+            self.drift.load_state_dict({k: None if v is None else adapter_from_state(v)
+                                        for k, v in state["drift"].items()})
 
 
 class ServerClient:
     can_catch_up = False  # a client gets the server's aggregate every round: nothing to catch up
+
+    def begin_round(self, start: Adapter) -> None:
+        return None
 
     def state_message(self, t: int, adapter: Adapter) -> None:
         return None
@@ -192,6 +215,9 @@ class Alone:
     neighbours: list[int] = []
     can_catch_up = False
 
+    def begin_round(self, start: Adapter) -> None:
+        return None
+
     def state_message(self, t: int, adapter: Adapter) -> None:
         return None
 
@@ -226,4 +252,9 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
                   alpha=cfg.alpha, rslora=cfg.rslora, robust=RobustRule(cfg.robust, cfg.robust_trim),
                   plausibility=PlausibilityCheck(cfg.plausible_ratio), stale_rounds=cfg.stale_rounds,
-                  stale_decay=cfg.stale_decay)
+                  stale_decay=cfg.stale_decay, drift=drift_rule(cfg))
+
+
+def drift_rule(cfg: RunConfig) -> DriftRule:
+    return make_drift_rule(cfg.drift, cfg.local_steps, qgm_beta=cfg.qgm_beta, qgm_mu=cfg.qgm_mu,
+                           outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum)

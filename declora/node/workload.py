@@ -199,8 +199,12 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     trainer = LocalTrainer(model, work.train, train_config(cfg, steps_per_round), seed=seed)
     # --holdout: the rounds' evaluations on the validation split, the eval set kept for the final report only.
     evals = (work.holdout, work.eval) if work.holdout is not None else (work.eval, None)
-    return Learner(model, tokenizer, trainer, evals[0], work.task, rank, seed, eval_batch_size=max(cfg.batch_size, 64),
-                   mc_set=multiple_choice_set(cfg), mc_scoring=cfg.mc_scoring, dev_set=evals[1])
+    learner = Learner(model, tokenizer, trainer, evals[0], work.task, rank, seed,
+                      eval_batch_size=max(cfg.batch_size, 64), mc_set=multiple_choice_set(cfg),
+                      mc_scoring=cfg.mc_scoring, dev_set=evals[1])
+    if cfg.drift == "ffa" and not alone:  # FFA-LoRA: A keeps the shared init, so averaging the Bs is exact
+        learner.freeze_A()
+    return learner
 
 
 def multiple_choice_set(cfg: RunConfig) -> list:

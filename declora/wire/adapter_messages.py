@@ -9,6 +9,7 @@ import logging
 import torch
 
 from declora.core.codecs import make_codec
+from declora.core.drift import B_SUFFIX
 from declora.core.error_feedback import ErrorFeedback
 from declora.core.factors import Adapter, LoraFactor
 from declora.wire.protocol import AdapterLayout, Message, ProtocolError, WireTensor, decode_message
@@ -21,8 +22,9 @@ def encode_adapter(adapter: Adapter, codec_name: str = "fp32", *, error_feedback
                    dense_codec: str = "fp32") -> list[WireTensor]:
     """The adapter as wire tensors, factors in key order (A before B), then dense tensors.
 
-    Factors go through `codec_name` (with `error_feedback`, whose codec must be that one); dense tensors through
-    `dense_codec`: they are small, and a classifier head is where a quantization error shows most.
+    Factors go through `codec_name` (with `error_feedback`, whose codec must be that one), and so do B factors sent
+    alone as dense tensors (`core.drift.B_SUFFIX`, FFA-LoRA); other dense tensors through `dense_codec`: they are
+    small, and a classifier head is where a quantization error shows most.
     """
     if error_feedback is not None and error_feedback.codec.name != codec_name:
         raise ValueError(f"error feedback uses codec {error_feedback.codec.name!r}, not {codec_name!r}")
@@ -38,7 +40,12 @@ def encode_adapter(adapter: Adapter, codec_name: str = "fp32", *, error_feedback
                 enc = codec.encode(x, generator)
             tensors.append(WireTensor(key, role, enc, f.r, float(f.alpha), bool(f.rslora)))
     for key in sorted(adapter.dense):
-        tensors.append(WireTensor(key, "dense", dcodec.encode(adapter.dense[key], generator)))
+        x = adapter.dense[key]
+        if key.endswith(B_SUFFIX):  # FFA-LoRA sends B factors without A, as dense tensors: the factors' codec
+            enc = error_feedback.encode(key, x, generator)[0] if error_feedback is not None else codec.encode(x, generator)
+        else:
+            enc = dcodec.encode(x, generator)
+        tensors.append(WireTensor(key, "dense", enc))
     return tensors
 
 
