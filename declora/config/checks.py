@@ -152,9 +152,10 @@ def _check_drift(cfg: RunConfig) -> None:
     if cfg.drift not in DRIFT_RULES:
         raise ConfigError(f"--drift must be one of {', '.join(DRIFT_RULES)}, got {cfg.drift!r}")
     where = f"--server {cfg.server}" if cfg.server else f"--mode {cfg.mode}"
-    if cfg.server or cfg.mode != "gossip":
-        raise ConfigError(f"--drift {cfg.drift} corrects the A and B factors entry by entry, which needs gossip's "
-                          f"factor averaging, not {where}; use --mode gossip (equal ranks) or --drift none")
+    if (cfg.server and cfg.server != "fedit") or (not cfg.server and cfg.mode != "gossip"):
+        raise ConfigError(f"--drift {cfg.drift} corrects the A and B factors entry by entry, which needs factor "
+                          f"averaging, not {where}; use --mode gossip (or --server fedit) with equal ranks, or "
+                          f"--drift none")
     if not (0 < cfg.outer_lr <= 2 and 0 <= cfg.outer_momentum < 1):
         raise ConfigError(f"--outer-lr must be in (0, 2] and --outer-momentum in [0, 1), got {cfg.outer_lr} and "
                           f"{cfg.outer_momentum}")

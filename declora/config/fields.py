@@ -53,7 +53,8 @@ class RunConfig:
     # drift correction of gossip with local steps (issue 15): declora.core.drift
     drift: str = _opt("none", "drift correction: none | kgt (gradient tracking; sends the round's displacement too: "
                               "2x bytes) | qgm (quasi-global momentum) | nesterov (outer Nesterov on the mixed "
-                              "pseudo-gradient) | ffa (A frozen, only B trained and sent); gossip mode",
+                              "pseudo-gradient) | ffa (A frozen, only B trained and sent); gossip mode, or --server "
+                              "fedit (kgt is then SCAFFOLD)",
                       choices=DRIFT_RULES)
     outer_lr: float = _opt(0.7, "--drift nesterov: outer learning rate (1 with --outer-momentum 0 is plain gossip)")
     outer_momentum: float = _opt(0.9, "--drift nesterov: outer Nesterov momentum")

@@ -161,38 +161,41 @@ class Gossip:
     def state_dict(self) -> dict:
         """What it learned from past rounds (the plausibility check's history, the drift rule's correction or
         momentum): goes into the checkpoint."""
-        drift = {k: None if v is None else adapter_to_state(v) for k, v in self.drift.state_dict().items()}
-        return {"plausibility": self.plausibility.state_dict(), "drift": drift}
+        return {"plausibility": self.plausibility.state_dict(), "drift": drift_state(self.drift)}
 
     def load_state_dict(self, state: dict) -> None:
         if "plausibility" in state:
             self.plausibility.load_state_dict(state["plausibility"])
-        if state.get("drift"):
-            self.drift.load_state_dict({k: None if v is None else adapter_from_state(v)
-                                        for k, v in state["drift"].items()})
+        load_drift_state(self.drift, state)
 
 
 class ServerClient:
-    can_catch_up = False  # a client gets the server's aggregate every round: nothing to catch up
+    """A client of the parameter-server baseline. With --drift the update is the rule's payload and the aggregate
+    goes through the rule, as in gossip: K-GT behind a server is SCAFFOLD (server-side drift correction)."""
 
-    def begin_round(self, start: Adapter) -> None:
-        return None
+    can_catch_up = False  # a client gets the server's aggregate every round: nothing to catch up
 
     def state_message(self, t: int, adapter: Adapter) -> None:
         return None
 
-    def __init__(self, peer_id: int, server_id: int, strategy: Strategy, total_rank: int):
+    def __init__(self, peer_id: int, server_id: int, strategy: Strategy, total_rank: int,
+                 drift: DriftRule | None = None):
         self.peer_id, self.server_id, self.strategy, self.total_rank = peer_id, server_id, strategy, total_rank
         self.neighbours = [server_id]
+        self.drift = drift if drift is not None else DriftRule(1)
+
+    def begin_round(self, start: Adapter) -> Adapter | None:
+        return self.drift.begin_round(start)
 
     def inbound_layout(self, mine: Adapter) -> AdapterLayout:
         """The server's aggregate: our modules; a FLoRA stack is as wide as all ranks together."""
-        return AdapterLayout.from_adapter(mine, max_rank=self.total_rank, same_alpha=False)
+        return AdapterLayout.from_adapter(self.drift.payload_like(mine), max_rank=self.total_rank, same_alpha=False)
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
                  deadline_s: float, quorum: tuple[int, float] | None = None) -> Received:
         # The update states its sample count: the server weighs clients by their data shares.
-        update = make_message(Kind.UPDATE, self.peer_id, t, sender.encode(mine), body={"samples": samples})
+        update = make_message(Kind.UPDATE, self.peer_id, t, sender.encode(self.drift.payload(mine)),
+                              body={"samples": samples})
         sent = update.nbytes if transport.send(self.server_id, update) else 0
         result = transport.collect(t, Kind.AGGREGATE, {self.server_id}, deadline_s)
         adapters = decode_received(result.received, transport.layout)
@@ -200,15 +203,15 @@ class ServerClient:
                         result.waited_s, sent)
 
     def state_dict(self) -> dict:
-        return {}
+        return {"drift": drift_state(self.drift)}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        load_drift_state(self.drift, state)
 
     def combine(self, mine: Adapter, got: Received) -> Combined | None:
         if not got.adapters:  # no aggregate this round (server slow or gone): keep training the local adapter
             return None
-        return Combined(next(iter(got.adapters.values())), self.strategy.merges_into_base)
+        return Combined(self.drift.finish(next(iter(got.adapters.values())), mine), self.strategy.merges_into_base)
 
 
 class Alone:
@@ -246,13 +249,24 @@ def neighbourhood_for(cfg: RunConfig, peer_id: int) -> Gossip | ServerClient | A
     if cfg.mode == "centralized":
         return Alone(peer_id)
     if cfg.server:
-        return ServerClient(peer_id, cfg.server_id, get_strategy(cfg.server), total_rank=sum(ranks))
+        return ServerClient(peer_id, cfg.server_id, get_strategy(cfg.server), total_rank=sum(ranks),
+                            drift=drift_rule(cfg))
     topology = cfg.gossip_topology()  # validate() checked that it loads and has cfg.peers nodes
     row = mixing_row(mixing_matrix(topology.graph, cfg.mixing), peer_id)
     return Gossip(peer_id, topology, row, get_strategy(cfg.mode), rank=ranks[peer_id], max_rank=max(ranks),
                   alpha=cfg.alpha, rslora=cfg.rslora, robust=RobustRule(cfg.robust, cfg.robust_trim),
                   plausibility=PlausibilityCheck(cfg.plausible_ratio), stale_rounds=cfg.stale_rounds,
                   stale_decay=cfg.stale_decay, drift=drift_rule(cfg))
+
+
+def drift_state(drift: DriftRule) -> dict:
+    """The rule's correction or momentum in the checkpoint's tensor-only form."""
+    return {k: None if v is None else adapter_to_state(v) for k, v in drift.state_dict().items()}
+
+
+def load_drift_state(drift: DriftRule, state: dict) -> None:
+    if state.get("drift"):
+        drift.load_state_dict({k: None if v is None else adapter_from_state(v) for k, v in state["drift"].items()})
 
 
 def drift_rule(cfg: RunConfig) -> DriftRule:

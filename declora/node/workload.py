@@ -229,11 +229,13 @@ def server_expectations(cfg: RunConfig):
     module shapes."""
     from declora.learn.model import build_model, read_adapter
     from declora.learn.partitions import split_for_peers
+    from declora.node.neighbourhood import drift_rule
     from declora.wire.protocol import AdapterLayout
 
     spec = replace(model_spec(cfg), base_4bit=False)  # only the module shapes are read: no 4-bit base on the CPU
     model, _ = build_model(spec, 1, cfg.alpha, rslora=cfg.rslora, device="cpu", seed=cfg.seed)
-    layout = AdapterLayout.from_adapter(read_adapter(model), max_rank=sum(cfg.rank_list()), same_alpha=False)
+    payload = drift_rule(cfg).payload_like(read_adapter(model))  # --drift: what clients send (e.g. K-GT's pair)
+    layout = AdapterLayout.from_adapter(payload, max_rank=sum(cfg.rank_list()), same_alpha=False)
     train_path, _ = data_paths(cfg)
     try:
         shards = split_for_peers(train_path, cfg.peers, cfg.partition, cfg.seed, spec=data_spec(cfg),
