@@ -134,3 +134,15 @@ def test_stack_mode_resume_without_a_common_checkpoint_round(capsys, tmp_path):
 def test_restart_dead_where_a_peer_cannot_rejoin(capsys, tmp_path, argv, expected):
     err = one_line_error(capsys, ["simulate", *TINY, "--restart-dead", *argv, "--out", str(tmp_path / "r")])
     assert expected in err and not (tmp_path / "r" / "logs").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--mode", "svd", "--ranks", "8,4,4,2", "--drift", "kgt"], "needs factor averaging, not --mode svd"),
+    (["--mode", "stack", "--drift", "ffa"], "needs factor averaging, not --mode stack"),
+    (["--server", "flora", "--drift", "qgm"], "needs factor averaging, not --server flora"),
+    (["--drift", "nesterov", "--outer-momentum", "1.0"], "--outer-momentum in [0, 1)"),
+    (["--drift", "qgm", "--qgm-beta", "-0.1"], "--qgm-beta and --qgm-mu must be in [0, 1)"),
+])
+def test_drift_correction_flags(capsys, tmp_path, argv, expected):
+    err = one_line_error(capsys, ["simulate", *TINY, *argv, "--out", str(tmp_path)])
+    assert expected in err, err
