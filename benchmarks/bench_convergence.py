@@ -156,7 +156,10 @@ def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], r
           flush=True)
     for s in first:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
-    print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
+    if preset.name.startswith("drift"):
+        print("  then plain gossip and the best rule on the ring, and both on labelskew:1 (one class per peer)")
+    else:
+        print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
     for s in rest:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
     return total_est

@@ -123,9 +123,13 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
 
 
 def codec_specs(preset: Preset, best: str) -> list[Spec]:
-    """The codecs on the best decentralized method (each with every seed, compared with its fp32 runs)."""
-    if preset.name.startswith("drift"):  # the codecs are the full suite's question, not this comparison's
-        return []
+    """The codecs on the best decentralized method (each with every seed, compared with its fp32 runs); in the drift
+    preset, the best rule again on the ring and on a one-class-per-peer split, each with plain gossip beside it."""
+    if preset.name.startswith("drift"):  # not the codecs here: the best rule on the ring and on one class per peer
+        rule = best.split("-", 2)[2] if best.count("-") == 2 else None
+        ring = [Spec("gossip-ring", group="ring")] + ([Spec(f"gossip-ring-{rule}", group="ring")] if rule else [])
+        skew = [Spec(m, partition="labelskew:1", group="labelskew:1") for m in dict.fromkeys(("gossip-exp", best))]
+        return ring + skew
     quick = preset.name.startswith("quick")
     variants = [("int4", True)] if quick else [("int8", False), ("int4", False), ("int4", True)]
     return [Spec(best, codec=c, error_feedback=ef, group="codecs") for c, ef in variants]

@@ -90,6 +90,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
     _check_chaos(cfg)
     _check_drift(cfg)
+    merges = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
+    need(not cfg.keep_moments or merges, "--keep-moments carries AdamW's moments across a merge into the base: it "
+                                         "applies to --mode stack and --server flora only; drop it")
     need(cfg.peers_per_process >= 1, f"--peers-per-process must be >= 1, got {cfg.peers_per_process}")
     merging = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
     need(cfg.peers_per_process == 1 or not merging,

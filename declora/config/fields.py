@@ -60,6 +60,8 @@ class RunConfig:
     outer_momentum: float = _opt(0.9, "--drift nesterov: outer Nesterov momentum")
     qgm_beta: float = _opt(0.5, "--drift qgm: how much of the quasi-global momentum every local step adds")
     qgm_mu: float = _opt(0.9, "--drift qgm: decay of the quasi-global momentum buffer per round")
+    keep_moments: bool = _opt(False, "stack and --server flora: the fresh adapter after each merge keeps the AdamW "
+                                     "moments of the one it replaces (default: a fresh optimizer, as FLoRA)")
     codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODEC_NAMES)
     block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
     stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")

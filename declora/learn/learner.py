@@ -70,16 +70,17 @@ class Learner:
         with self.rng:
             write_adapter(self.model, adapter)
 
-    def merge_and_restart(self, stacked: Adapter) -> dict[str, torch.Tensor]:
+    def merge_and_restart(self, stacked: Adapter, keep_moments: bool = False) -> dict[str, torch.Tensor]:
         """FLoRA: merge the stack's exact weighted sum of products into the base, start a fresh adapter at our own
-        rank, keep the stack's averaged dense tensors (the head), and a fresh optimizer. Returns the merged delta."""
+        rank, keep the stack's averaged dense tensors (the head), and a fresh optimizer (`keep_moments`: one that
+        carries the old AdamW moments over to the fresh tensors). Returns the merged delta."""
         delta = aggregate.merged_delta(stacked)
         with self.rng:
             merge_delta_and_reset(self.model, delta, rank=self.rank, seed=self.seed)
             current = read_adapter(self.model)
             current.dense.update(stacked.dense)
             write_adapter(self.model, current)
-            self.trainer.reset_optimizer()
+            self.trainer.reset_optimizer(carry_moments=keep_moments)
         return delta
 
     def base_weights(self) -> dict[str, torch.Tensor]:

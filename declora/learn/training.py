@@ -111,10 +111,18 @@ class LocalTrainer:
             raise ValueError("the model has no trainable parameters")
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
 
-    def reset_optimizer(self) -> None:
+    def reset_optimizer(self, carry_moments: bool = False) -> None:
         """Fresh AdamW over the current trainable tensors (after set_rank / merge_delta_and_reset replaced them).
-        The schedule continues from the current step."""
-        self.optimizer = self._new_optimizer()
+        The schedule continues from the current step. `carry_moments`: each new tensor takes the AdamW state of the
+        old tensor in its place when the shapes match (stack/FLoRA's fresh adapter after a merge, issue 15)."""
+        old, self.optimizer = self.optimizer, self._new_optimizer()
+        if not carry_moments:
+            return
+        for old_group, new_group in zip(old.param_groups, self.optimizer.param_groups):
+            for p_old, p_new in zip(old_group["params"], new_group["params"]):
+                state = old.state.get(p_old)
+                if state and p_old.shape == p_new.shape:
+                    self.optimizer.state[p_new] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
 
     def _optimizer_is_stale(self) -> bool:
         held = [id(p) for g in self.optimizer.param_groups for p in g["params"]]

@@ -72,7 +72,7 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
                 result = None  # a non-finite mix is dropped on the spot: we keep our own adapter
             rollback.before_mix(mine)
             if result is not None and result.merge:
-                accumulate(merged, learner.merge_and_restart(result.adapter))
+                accumulate(merged, learner.merge_and_restart(result.adapter, cfg.keep_moments))
                 rollback.merged(result.adapter)
                 sender.reset_residuals()
             elif result is not None:
