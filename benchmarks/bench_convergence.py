@@ -82,7 +82,7 @@ from benchmarks.convergence_plan import (  # noqa: E402
 from benchmarks.convergence_report import (  # noqa: E402
     best_decentralized, fmt_pct, goal_checks, goals_markdown, markdown_table, plot)
 from benchmarks.convergence_run import (  # noqa: E402
-    RUNS, cache_run, cached_run, eval_subset_file, majority_accuracy, run_one, suite_wall_s)
+    RUNS, cache_run, cached_run, eval_subset_file, majority_accuracy, run_one, suite_wall_s, task_files)
 from benchmarks.convergence_stats import (  # noqa: E402
     ci_markdown, comparisons, mean_records, significance_markdown)
 
@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="", help="another model for a smoke test of this script (e.g. tiny-bert); the "
                                              "results are then written as bench_convergence_<preset>_<model>")
     p.add_argument("--rounds", type=int, default=0, help="override the preset's rounds (smoke tests)")
+    p.add_argument("--task", choices=("sst2", "dolly"), default="sst2",
+                   help="sst2 (the shipped data) or dolly: Dolly-15k instructions into their 8 categories, made from "
+                        "../shared by scripts/make_dolly_categories.py (results: bench_convergence_<preset>_dolly)")
     p.add_argument("--lr", type=float, default=LR, help=f"LoRA learning rate of every run (default {LR}, the demo's)")
     p.add_argument("--head-lr", type=float, default=HEAD_LR, help=f"head learning rate of every run (default {HEAD_LR})")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -126,7 +129,7 @@ def chosen_preset(args: argparse.Namespace) -> Preset:
     preset = PRESETS["quick" if args.quick else "drift" if args.drift else "full"]
     if args.rounds:
         preset = replace(preset, rounds=args.rounds, peer_eval_every=min(preset.peer_eval_every, args.rounds))
-    tag = args.tag or (Path(args.model).name if args.model else "")
+    tag = args.tag or (Path(args.model).name if args.model else "") or (args.task if args.task != "sst2" else "")
     if not tag and (args.only or args.rounds or args.lr != LR or args.head_lr != HEAD_LR):
         tag = "custom"
     if tag:
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = chosen_preset(args)
     seeds = seed_list(args)
-    eval_n = preset.eval_examples or 872
+    dolly_dev = task_files(args.task)[1]
+    eval_n = sum(1 for _ in open(dolly_dev)) if dolly_dev else preset.eval_examples or 872
     first, rest = plan(preset)
     total_est = print_plan(preset, first, codec_specs(preset, "svd"), rest, eval_n, os.cpu_count() or 1, seeds)
     if args.dry_run:
@@ -187,7 +191,7 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
     only = {x.strip() for x in args.only.split(",") if x.strip()}
     load_before = wait_for_load(args.wait_for_load, args.max_wait_s) if args.wait_for_load else list(os.getloadavg())
     run_root = RUNS / preset.name
-    eval_file = eval_subset_file(preset.eval_examples, run_root)
+    eval_file = task_files(args.task)[1] or eval_subset_file(preset.eval_examples, run_root)
     majority = majority_accuracy(eval_file)
     state = {"eval_examples": eval_n}
     started = time.time()

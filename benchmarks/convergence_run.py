@@ -33,8 +33,29 @@ def majority_accuracy(eval_file: Path | None) -> float:
     path = eval_file or default_dataset().eval
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt") as f:
-        labels = [line.rstrip("\n").rsplit("\t", 1)[-1] for line in f.read().splitlines()[1:] if line.strip()]
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    if str(path).endswith(".jsonl"):  # --task dolly
+        labels = [json.loads(line)["label"] for line in lines]
+    else:
+        labels = [line.rstrip("\n").rsplit("\t", 1)[-1] for line in lines[1:]]
     return max(labels.count(v) for v in set(labels)) / len(labels)
+
+
+DOLLY = ROOT / "runs" / "data" / "dolly_categories"
+
+
+def task_files(task: str) -> tuple[list[str], Path | None]:
+    """(simulate flags, eval file) of a task: SST-2 ships with declora; --task dolly is made from ../shared once
+    (scripts/make_dolly_categories.py) and evaluated on its whole dev set."""
+    if task == "sst2":
+        return [], None
+    if not (DOLLY / "dev.jsonl").exists():
+        from scripts.make_dolly_categories import main as make_dolly
+        if make_dolly(["--out", str(DOLLY)]) != 0:
+            raise SystemExit("bench_convergence --task dolly: could not make the Dolly categories data")
+    labels = (DOLLY / "labels.txt").read_text().strip()
+    return ["--data", str(DOLLY / "train.jsonl"), "--num-labels", str(len(labels.split(","))),
+            "--label-names", labels, "--task", "classification"], DOLLY / "dev.jsonl"
 
 
 def eval_subset_file(n: int, folder: Path) -> Path | None:
@@ -51,7 +72,7 @@ def eval_subset_file(n: int, folder: Path) -> Path | None:
 
 
 def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, timeout_s: float,
-             model: str = "", lr: float = LR, head_lr: float = HEAD_LR) -> dict:
+             model: str = "", lr: float = LR, head_lr: float = HEAD_LR, data_flags: list[str] = ()) -> dict:
     if out.exists():
         shutil.rmtree(out)  # a fresh run: old checkpoints or metrics would mix into this one
     out.mkdir(parents=True)
@@ -60,7 +81,7 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
            "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), "--threads", str(THREADS),
-           *spec.flags(preset.peers)]
+           *spec.flags(preset.peers), *data_flags]
     if preset.holdout:
         cmd += ["--holdout", str(preset.holdout)]
     if eval_file is not None:
@@ -170,7 +191,7 @@ def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, 
           f"{spec.codec_label}, {spec.partition} (estimate {estimate / 60:.1f} min, load {os.getloadavg()[0]:.1f})",
           flush=True)
     ran = simulate(spec, preset, out, eval_file, timeout_s=max(900.0, 5 * estimate), model=args.model,
-                   lr=args.lr, head_lr=args.head_lr)
+                   lr=args.lr, head_lr=args.head_lr, data_flags=task_files(getattr(args, "task", "sst2"))[0])
     record = {"spec": asdict(spec), "name": spec.name,
               "label": LABELS[spec.method] + (f" (seed {spec.seed})" if spec.seed else ""), **ran,
               "status": "ok" if ran["returncode"] == 0 else "failed", "run_dir": str(out.relative_to(ROOT))}
@@ -224,8 +245,9 @@ def cache_path(preset: Preset, spec: Spec, args) -> Path:
 def run_settings(preset: Preset, args) -> dict:
     """Everything besides the spec that decides a run's numbers: a cached record is reused only under the same."""
     base = preset.name.split("_")[0]
+    task = getattr(args, "task", "sst2")
     return {"preset": asdict(replace(preset, name=base)), "model": args.model, "lr": args.lr,
-            "head_lr": args.head_lr, "threads": THREADS}
+            "head_lr": args.head_lr, "threads": THREADS, **({"task": task} if task != "sst2" else {})}
 
 
 def cached_run(preset: Preset, spec: Spec, args) -> dict | None:
