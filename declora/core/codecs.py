@@ -31,7 +31,8 @@ below ~7.8e-3 gets a subnormal scale, and below ~3.8e-6 the scale flushes to zer
 grow by about the learning rate per step, so tiny blocks are the common case early in training, not a corner.
 benchmarks/bench_codecs.py measures int8's error with fp32, fp16 and bf16 scales across data scales (figures in
 benchmarks/README.md): fp16 scales fall apart on tiny blocks, so range safety wins. bf16 scales would keep fp32's
-range at 2 bytes: a possible later wire-format change, not taken here.
+range at 2 bytes. `int8h`/`int4h` (`codecs_half`) take another way to 2-byte scales: one float32 scale per tensor
+and fp16 block scales relative to it, rounded up, so that range is never a problem.
 
 Decoding never trusts its input: shape, meta, buffer count and every buffer's exact length are checked before
 anything is allocated, scales must be finite, non-negative and small enough that no code can overflow float32, and
@@ -47,7 +48,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4")
+CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4", "int8h", "int4h")
 
 # The wire format is little-endian and this module writes tensors' raw bytes (and packs int4 through int16 words).
 if sys.byteorder != "little":  # pragma: no cover - no such host in sight
@@ -393,7 +394,7 @@ def _unpack4(raw: memoryview) -> np.ndarray:
 
 
 def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = False) -> Codec:
-    """A codec by name; `block_size` and `stochastic` matter only for int8/int4."""
+    """A codec by name; `block_size` and `stochastic` matter only for int8/int4/int8h/int4h."""
     if name == "fp32":
         return FloatCodec("fp32", torch.float32)
     if name == "fp16":
@@ -404,4 +405,8 @@ def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = Fa
         return BlockQuantCodec("int8", 8, block_size, stochastic)
     if name == "int4":
         return BlockQuantCodec("int4", 4, block_size, stochastic)
+    if name in ("int8h", "int4h"):
+        from declora.core.codecs_half import HalfScaleCodec  # here: that module builds on this one
+
+        return HalfScaleCodec(name, 8 if name == "int8h" else 4, block_size, stochastic)
     raise ValueError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
