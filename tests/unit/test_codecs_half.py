@@ -1,4 +1,4 @@
-"""int8h/int4h (declora/core/codecs_half.py): error bounds at every magnitude, exact sizes, hostile scales refused,
+"""int8h/int4h (declora/core/codecs_half.py's scales in codecs.BlockQuantCodec): error bounds at every magnitude, exact sizes, hostile scales refused,
 error feedback. The checks every codec shares (dtypes, zeros, NaN input, wrong buffers, fuzzing) run on them in
 tests/unit/test_codecs.py, which parametrizes over CODEC_NAMES."""
 from __future__ import annotations
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from declora.core.codecs import make_codec
-from declora.core.codecs_half import HalfScaleCodec
+from declora.core.codecs import BlockQuantCodec, make_codec
 from declora.core.error_feedback import ErrorFeedback
 
 HALF = ("int8h", "int4h")
@@ -41,7 +40,7 @@ def step_per_element(enc, numel: int, block: int) -> torch.Tensor:
 def test_factory_builds_them():
     for name, bits in (("int8h", 8), ("int4h", 4)):
         codec = make_codec(name, block_size=128, stochastic=True)
-        assert isinstance(codec, HalfScaleCodec) and codec.name == name and codec.bits == bits
+        assert isinstance(codec, BlockQuantCodec) and codec.half_scales and codec.name == name and codec.bits == bits
         assert codec.block_size == 128 and codec.stochastic
 
 
