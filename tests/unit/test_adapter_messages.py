@@ -40,7 +40,7 @@ def wire(sender: AdapterSender, adapter: Adapter, round_=0):
     return make_message(Kind.FACTORS, 1, round_, sender.encode(adapter))
 
 
-# Frames of two rounds from each sender, recorded with the code before --head-codec existed (same commit's parent).
+# Frames of two rounds from each sender, recorded before --head-codec existed (main at d35bd9d).
 GOLDEN = {
     "fp32": "a8bbde6ecc50b869271937f2f2d492ad39cf0cb3fb22500368c6dcfd57851a54",
     "int8": "26a05ee924fcb9f46abff808d88a93efa759d9de3851bae8eda8166fae4cc130",
