@@ -1,6 +1,6 @@
-"""int8h/int4h (declora/core/codecs_half.py's scales in codecs.BlockQuantCodec): error bounds at every magnitude, exact sizes, hostile scales refused,
-error feedback. The checks every codec shares (dtypes, zeros, NaN input, wrong buffers, fuzzing) run on them in
-tests/unit/test_codecs.py, which parametrizes over CODEC_NAMES."""
+"""int8h/int4h (the scales of declora/core/codecs_half.py in codecs.BlockQuantCodec): error bounds at every
+magnitude, exact sizes, hostile scales refused, error feedback. The checks every codec shares (dtypes, zeros, NaN
+input, wrong buffers, fuzzing) run on them in tests/unit/test_codecs.py, which parametrizes over CODEC_NAMES."""
 from __future__ import annotations
 
 import numpy as np
