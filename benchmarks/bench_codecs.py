@@ -5,7 +5,9 @@ of each shape, Gaussian. For each codec: encode and decode throughput in MB of f
 repeats, one thread unless --threads), bytes on the wire vs fp32, and relative RMS error. fp32 is the baseline in the
 same run. The goal from issue 2: int8 encode + decode >= 1 GB/s on one core.
 
-Also measured: why int8/int4 scales are float32 and not fp16 (rel-RMS with either, at several magnitudes).
+Also measured: why int8/int4 scales are float32 and not fp16 (rel-RMS with either, at several magnitudes, and with
+int8h/int4h's fp16 scales relative to one float32 scale per tensor), and the whole message's bytes at MiniLM-L6 size
+(LoRA r=8 on query/value, 2-class head: 74,498 values) for each block codec, block 64 and 128, head fp32 or "same".
 
     python benchmarks/bench_codecs.py [--threads N] [--repeats R] [--block B]
 """
@@ -30,6 +32,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import llama7b_tensors, write_result  # noqa: E402
 from declora.core.codecs import make_codec  # noqa: E402
+from declora.core.factors import Adapter, LoraFactor  # noqa: E402
+from declora.wire.adapter_messages import AdapterSender  # noqa: E402
+from declora.wire.protocol import Kind, make_message  # noqa: E402
 
 GOAL_INT8_GBPS = 1.0
 
@@ -119,14 +124,54 @@ def quantize_with_scale_dtype(x: torch.Tensor, qmax: int, block: int, scale_dtyp
 
 def scale_dtype_experiment(seed: int, block: int) -> list[dict]:
     rows = []
-    for sigma in (1.0, 1e-2, 1e-4, 1e-5, 1e-6):
+    for sigma in (1.0, 1e-2, 1e-4, 1e-5, 1e-6, 1e-9):
         xs = llama7b_tensors(seed, sigma)[::8]  # 16 tensors are plenty for an error estimate
         for name, qmax in (("int8", 127), ("int4", 7)):
             row = {"codec": name, "sigma": sigma}
             for label, dt in (("fp32_scales", torch.float32), ("fp16_scales", torch.float16),
                               ("bf16_scales", torch.bfloat16)):
                 row[label] = rel_rms(xs, [quantize_with_scale_dtype(x, qmax, block, dt) for x in xs])
+            codec = make_codec(name + "h", block_size=block)  # the real int8h/int4h codec
+            row["relative_fp16_scales"] = rel_rms(xs, [codec.decode(*_parts(codec.encode(x))) for x in xs])
             rows.append(row)
+    return rows
+
+
+def _parts(enc):
+    return enc.shape, enc.meta, enc.buffers
+
+
+def minilm_adapter(seed: int = 0) -> Adapter:
+    """LoRA r=8 on query/value of all-MiniLM-L6-v2 (6 layers, hidden 384) and a 2-class head, as peft names them."""
+    g = torch.Generator().manual_seed(seed)
+    factors = {f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}":
+               LoraFactor(torch.randn(8, 384, generator=g) * 0.02, torch.randn(384, 8, generator=g) * 1e-3, 16.0)
+               for i in range(6) for m in ("query", "value")}
+    dense = {"base_model.model.classifier.weight": torch.randn(2, 384, generator=g) * 0.05,
+             "base_model.model.classifier.bias": torch.randn(2, generator=g) * 0.01}
+    return Adapter(factors, dense)
+
+
+def minilm_message_bytes() -> list[dict]:
+    """One gossip message's bytes (header + frames, as the transport counts them) per codec, block and head codec;
+    int4/int4h with error feedback, as they run. Sizes do not depend on the values."""
+    adapter = minilm_adapter()
+
+    def size(codec, block, ef, head):
+        msg = make_message(Kind.FACTORS, 0, 0, AdapterSender(codec, block, False, ef, seed=0, head_codec=head)
+                           .encode(adapter))
+        return msg.nbytes, len(msg._frames[0]), sum(t.encoded.nbytes for t in msg.tensors)
+
+    fp32, _, fp32_payload = size("fp32", 64, False, "fp32")
+    rows = [{"codec": "fp32", "block": 0, "head": "fp32", "bytes": fp32, "payload": fp32_payload,
+             "ratio": 1.0, "payload_ratio": 1.0}]
+    for codec, ef in (("int8", False), ("int8h", False), ("int4", True), ("int4h", True)):
+        for block in (64, 128):
+            for head in ("fp32", "same"):
+                n, header, payload = size(codec, block, ef, head)
+                rows.append({"codec": codec + ("+EF" if ef else ""), "block": block, "head": head, "bytes": n,
+                             "header": header, "payload": payload, "ratio": fp32 / n,
+                             "payload_ratio": fp32_payload / payload})
     return rows
 
 
@@ -142,7 +187,8 @@ def main() -> None:
 
     xs = llama7b_tensors(args.seed, args.sigma)
     fp32_bytes = sum(x.numel() * 4 for x in xs)
-    variants = [(n, False) for n in ("fp32", "fp16", "bf16", "int8", "int4")] + [("int8", True), ("int4", True)]
+    variants = [(n, False) for n in ("fp32", "fp16", "bf16", "int8", "int4", "int8h", "int4h")] + \
+        [("int8", True), ("int4", True)]
     codecs = {name + ("+sr" if sr else ""): make_codec(name, block_size=args.block, stochastic=sr)
               for name, sr in variants}
     for codec in codecs.values():  # warm-up: first-call overheads
@@ -185,10 +231,18 @@ def main() -> None:
 
     scales = scale_dtype_experiment(args.seed, args.block)
     print("\nscale dtype (rel RMS):")
-    print(f"{'codec':6s} {'sigma':>7s} {'fp32 scales':>12s} {'fp16 scales':>12s} {'bf16 scales':>12s}")
+    print(f"{'codec':6s} {'sigma':>7s} {'fp32 scales':>12s} {'fp16 scales':>12s} {'bf16 scales':>12s} "
+          f"{'int8h/int4h':>12s}")
     for s in scales:
         print(f"{s['codec']:6s} {s['sigma']:7.0e} {s['fp32_scales']:12.3e} {s['fp16_scales']:12.3e} "
-              f"{s['bf16_scales']:12.3e}")
+              f"{s['bf16_scales']:12.3e} {s['relative_fp16_scales']:12.3e}")
+
+    minilm = minilm_message_bytes()
+    print("\nMiniLM-L6 r=8 q/v message (74,498 values), bytes incl. header; ratio = fp32 message / this one:")
+    print(f"{'codec':9s} {'block':>5s} {'head':>5s} {'bytes':>7s} {'header':>6s} {'ratio':>6s} {'payload ratio':>13s}")
+    for m in minilm:
+        print(f"{m['codec']:9s} {m['block']:5d} {m['head']:>5s} {m['bytes']:7d} {m.get('header', 0):6d} "
+              f"{m['ratio']:6.3f} {m['payload_ratio']:13.3f}")
 
     path = write_result("bench_codecs", {
         "config": vars(args) | {"tensors": len(xs), "fp32_bytes": fp32_bytes},
@@ -198,6 +252,7 @@ def main() -> None:
                  "measured_cpu_GBps": cpu_gbps, "met": met, "met_cpu_time": met_cpu},
         "load_average_1min": load,
         "scale_dtype": scales,
+        "minilm_message_bytes": minilm,
     })
     print(f"\nwrote {path}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from declora.config.fields import MODES, SERVER_AGGREGATIONS, ConfigError, RunConfig
+from declora.config.fields import HEAD_CODECS, MODES, SERVER_AGGREGATIONS, ConfigError, RunConfig
 from declora.core.attacks import ATTACKS
 from declora.core.codecs import CODEC_NAMES
 from declora.core.drift import DRIFT_RULES
@@ -39,7 +39,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(problem is None, problem or "")
     need(cfg.schedule in SCHEDULES, f"--schedule must be {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     for name, value, choices in (("mode", cfg.mode, MODES), ("codec", cfg.codec, CODEC_NAMES),
-                                 ("mixing", cfg.mixing, MIXING_RULES)):
+                                 ("mixing", cfg.mixing, MIXING_RULES), ("head-codec", cfg.head_codec, HEAD_CODECS)):
         need(value in choices, f"--{name} must be one of {', '.join(choices)}, got {value!r}")
     try:
         ranks = cfg.rank_list()

@@ -18,6 +18,7 @@ from declora.learn.metrics import METRICS
 MODES = (*STRATEGIES, "centralized")
 SERVER_AGGREGATIONS = tuple(SERVER_ALIASES)
 DEFAULT_RANK = 8  # LoRA rank when neither --ranks nor the topology file gives one
+HEAD_CODECS = ("fp32", "same")  # the dense tensors' (classifier head's) codec: fp32, or the factors' own
 
 
 def _opt(default, help: str, **extra):
@@ -62,9 +63,12 @@ class RunConfig:
     qgm_mu: float = _opt(0.9, "--drift qgm: decay of the quasi-global momentum buffer per round")
     keep_moments: bool = _opt(False, "stack and --server flora: the fresh adapter after each merge keeps the AdamW "
                                      "moments of the one it replaces (default: a fresh optimizer, as FLoRA)")
-    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4", choices=CODEC_NAMES)
-    block_size: int = _opt(64, "block size of the int8/int4 absmax scales")
-    stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4")
+    codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4 | int8h | int4h (the h ones: 2-byte "
+                              "block scales relative to one float32 scale per tensor)", choices=CODEC_NAMES)
+    head_codec: str = _opt("fp32", "codec of the dense tensors (a classifier head): fp32 | same (as --codec, with "
+                                   "--error-feedback if on)", choices=HEAD_CODECS)
+    block_size: int = _opt(64, "block size of the int8/int4/int8h/int4h absmax scales")
+    stochastic_rounding: bool = _opt(False, "stochastic rounding in int8/int4/int8h/int4h")
     error_feedback: bool = _opt(False, "keep what quantization lost and add it to the next message (CHOCO-SGD)")
     # Defence against hostile neighbours (declora.core.robust, declora.core.plausibility).
     robust: str = _opt("none", "robust mixing: none | clip (ClippedGossip, every mode) | trimmed-mean | median "

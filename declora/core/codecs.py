@@ -15,6 +15,8 @@ Codecs (hivemind style: one small object each, with encode, decode and an exact 
   pad nibble in the last byte, which decode ignores.
   Optional stochastic rounding `floor(x / scale + U[0, 1))` is unbiased: E[decode(encode(x))] = x; pass a CPU
   torch.Generator for reproducible draws.
+- `int8h`, `int4h`: the same codes, with one float32 scale per tensor and fp16 block scales relative to it
+  (`codecs_half`: why, and the error bound).
 
 Every codec takes a float tensor of any shape, dtype and device (CUDA is moved to CPU first) and decodes to a
 fresh float32 CPU tensor of the original shape. NaN/Inf input is refused with ValueError.
@@ -23,7 +25,8 @@ Wire layout (little-endian, as every platform torch runs on):
     fp32/fp16/bf16: (values,)                      numel * 4 / 2 / 2 bytes
     int8:           (codes int8, scales float32)   numel + 4 * nblocks bytes
     int4:           (codes uint8, scales float32)  ceil(numel / 2) + 4 * nblocks bytes
-with `nblocks = ceil(numel / block)` and `meta = {"block": block}` for int8/int4, `{}` otherwise.
+    int8h / int4h:  (codes as int8 / int4, scales: float32 S, then fp16 per block)  codes + 4 + 2 * nblocks bytes
+with `nblocks = ceil(numel / block)` and `meta = {"block": block}` for the block codecs, `{}` otherwise.
 
 Why float32 scales and not fp16: fp16 would save 2 bytes per block (int8 at block 64: 0.2578 instead of 0.2656 of
 fp32's bytes; int4: 0.1328 instead of 0.1406), but its normal range ends at 6.1e-5: an int8 block whose absmax is
@@ -31,7 +34,8 @@ below ~7.8e-3 gets a subnormal scale, and below ~3.8e-6 the scale flushes to zer
 grow by about the learning rate per step, so tiny blocks are the common case early in training, not a corner.
 benchmarks/bench_codecs.py measures int8's error with fp32, fp16 and bf16 scales across data scales (figures in
 benchmarks/README.md): fp16 scales fall apart on tiny blocks, so range safety wins. bf16 scales would keep fp32's
-range at 2 bytes: a possible later wire-format change, not taken here.
+range at 2 bytes. `int8h`/`int4h` (`codecs_half`) take another way to 2-byte scales: one float32 scale per tensor
+and fp16 block scales relative to it, rounded up, so that range is never a problem.
 
 Decoding never trusts its input: shape, meta, buffer count and every buffer's exact length are checked before
 anything is allocated, scales must be finite, non-negative and small enough that no code can overflow float32, and
@@ -47,7 +51,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4")
+from declora.core.codecs_half import decode_half_scales, encode_half_scales, half_scales_nbytes
+
+CODEC_NAMES = ("fp32", "fp16", "bf16", "int8", "int4", "int8h", "int4h")
 
 # The wire format is little-endian and this module writes tensors' raw bytes (and packs int4 through int16 words).
 if sys.byteorder != "little":  # pragma: no cover - no such host in sight
@@ -263,9 +269,11 @@ def _block_absmax(x_nb: torch.Tensor) -> np.ndarray:
 
 
 class BlockQuantCodec(Codec):
-    """Symmetric block-wise absmax quantization to `bits` (8 or 4) with float32 scales."""
+    """Symmetric block-wise absmax quantization to `bits` (8 or 4) with float32 scales, or with `half_scales`
+    one float32 scale per tensor and 2-byte block scales relative to it (int8h/int4h, `codecs_half`)."""
 
-    def __init__(self, name: str, bits: int, block_size: int = DEFAULT_BLOCK, stochastic: bool = False):
+    def __init__(self, name: str, bits: int, block_size: int = DEFAULT_BLOCK, stochastic: bool = False,
+                 half_scales: bool = False):
         if bits not in (4, 8):
             raise ValueError(f"bits must be 4 or 8, got {bits}")
         if not isinstance(block_size, int) or isinstance(block_size, bool) or not 1 <= block_size <= MAX_BLOCK:
@@ -279,13 +287,15 @@ class BlockQuantCodec(Codec):
         self.max_scale = _F32_MAX / (self.qmax + 1)
         self.block_size = block_size
         self.stochastic = bool(stochastic)
+        self.half_scales = bool(half_scales)
 
     def __repr__(self) -> str:
-        return f"BlockQuantCodec({self.name!r}, block_size={self.block_size}, stochastic={self.stochastic})"
+        return (f"BlockQuantCodec({self.name!r}, block_size={self.block_size}, stochastic={self.stochastic}"
+                f"{', half_scales=True' if self.half_scales else ''})")
 
     def _layout(self, numel: int, block: int) -> tuple[int, int]:
-        code_bytes = numel if self.bits == 8 else (numel + 1) // 2
-        return code_bytes, 4 * (-(-numel // block))
+        code_bytes, nblocks = numel if self.bits == 8 else (numel + 1) // 2, -(-numel // block)
+        return code_bytes, half_scales_nbytes(nblocks) if self.half_scales else 4 * nblocks
 
     def buffer_nbytes(self, shape, meta: dict | None = None) -> tuple[int, ...]:
         _, numel = _check_shape(shape)
@@ -303,8 +313,9 @@ class BlockQuantCodec(Codec):
         return Encoded(self.name, tuple(x.shape), {"block": self.block_size}, (_byte_view(packed), _byte_view(scale_n)))
 
     def _scales(self, x_nb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-block scale (what decode multiplies by), shape (n,), and its inverse (what encode multiplies by),
-        shape (n, 1). The per-block vectors are small: numpy's per-call overhead is lower than torch's."""
+        """The scales buffer (float32 per block: what decode multiplies by; or `codecs_half`'s layout) and the
+        per-block inverse scale (what encode multiplies by), shape (n, 1). The per-block vectors are small: numpy's
+        per-call overhead is lower than torch's."""
         absmax = _block_absmax(x_nb)
         # NaN and Inf propagate through amax and max and fail this one comparison, so it covers the whole input.
         top = absmax.max(initial=0.0)
@@ -315,6 +326,8 @@ class BlockQuantCodec(Codec):
         # Flooring absmax at _TINY keeps all-zero blocks from dividing by zero (they still decode to exact zeros)
         # and subnormal ones from overflowing qmax / absmax; such blocks are quantized on a _TINY / qmax grid.
         ranged = np.maximum(absmax, np.float32(_TINY))
+        if self.half_scales:
+            return encode_half_scales(ranged, self.qmax, _TINY)
         qmax = np.float32(self.qmax)
         scale = ranged / qmax
         # Multiplying by qmax/absmax (not dividing by scale) is cheaper; the max element maps to qmax within 1 ulp.
@@ -345,6 +358,8 @@ class BlockQuantCodec(Codec):
         return (out if out.numel() == numel else out[:numel]).view(shape)
 
     def _read_scales(self, raw: memoryview) -> torch.Tensor:
+        if self.half_scales:
+            return decode_half_scales(raw, self.max_scale, self.name)
         scale = np.frombuffer(raw, dtype="<f4").copy()  # copy: writable and aligned
         if scale.size:
             lo, hi = float(scale.min()), float(scale.max())  # NaN propagates, and fails both comparisons below
@@ -393,7 +408,7 @@ def _unpack4(raw: memoryview) -> np.ndarray:
 
 
 def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = False) -> Codec:
-    """A codec by name; `block_size` and `stochastic` matter only for int8/int4."""
+    """A codec by name; `block_size` and `stochastic` matter only for int8/int4/int8h/int4h."""
     if name == "fp32":
         return FloatCodec("fp32", torch.float32)
     if name == "fp16":
@@ -404,4 +419,6 @@ def make_codec(name: str, block_size: int = DEFAULT_BLOCK, stochastic: bool = Fa
         return BlockQuantCodec("int8", 8, block_size, stochastic)
     if name == "int4":
         return BlockQuantCodec("int4", 4, block_size, stochastic)
+    if name in ("int8h", "int4h"):
+        return BlockQuantCodec(name, 8 if name == "int8h" else 4, block_size, stochastic, half_scales=True)
     raise ValueError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")

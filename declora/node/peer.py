@@ -37,7 +37,7 @@ log = logging.getLogger("declora.node.peer")
 def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, resume_round: int | None = None) -> None:
     run_dir = Path(cfg.out)
     sender = AdapterSender(cfg.codec, cfg.block_size, cfg.stochastic_rounding, cfg.error_feedback,
-                           seed=cfg.seed * 1000 + peer_id)
+                           seed=cfg.seed * 1000 + peer_id, head_codec=cfg.head_codec)
     if peer_id in cfg.attacker_ids():  # robustness tests and benchmarks: this peer sends poison
         sender = HostileSender(sender, cfg.attack, seed=cfg.seed * 1000 + peer_id)
     merged: dict[str, torch.Tensor] = {}  # stack/flora: the sum of the deltas merged into the base so far

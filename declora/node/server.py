@@ -79,7 +79,7 @@ def run_server(cfg: RunConfig, transport, layout: AdapterLayout, samples: dict[i
                     reply = replies.get(j) or next(iter(replies.values()))
                     if id(reply) not in encoded:
                         tensors = encode_adapter(reply, cfg.codec, block_size=cfg.block_size,
-                                                 stochastic=cfg.stochastic_rounding)
+                                                 stochastic=cfg.stochastic_rounding, dense_codec=cfg.head_codec)
                         encoded[id(reply)] = make_message(Kind.AGGREGATE, me, t, tensors)
                     if transport.send(j, encoded[id(reply)]):
                         bytes_out += encoded[id(reply)].nbytes

@@ -22,14 +22,17 @@ def encode_adapter(adapter: Adapter, codec_name: str = "fp32", *, error_feedback
                    dense_codec: str = "fp32") -> list[WireTensor]:
     """The adapter as wire tensors, factors in key order (A before B), then dense tensors.
 
-    Factors go through `codec_name` (with `error_feedback`, whose codec must be that one), and so do B factors sent
-    alone as dense tensors (`core.drift.B_SUFFIX`, FFA-LoRA); other dense tensors through `dense_codec`: they are
-    small, and a classifier head is where a quantization error shows most.
+    Factors go through `codec_name` (with `error_feedback`, whose codec must be that one); dense tensors through
+    `dense_codec`: they are small, and a classifier head is where a quantization error shows most. `dense_codec`
+    "same" sends them through the factors' codec and error feedback too (--head-codec same): on a small adapter
+    their fp32 bytes keep the message from the codec's promised ratio. B factors sent alone as dense tensors
+    (`core.drift.B_SUFFIX`, FFA-LoRA) always take the factors' codec and error feedback.
     """
     if error_feedback is not None and error_feedback.codec.name != codec_name:
         raise ValueError(f"error feedback uses codec {error_feedback.codec.name!r}, not {codec_name!r}")
     codec = make_codec(codec_name, block_size, stochastic)
-    dcodec = make_codec(dense_codec, block_size, stochastic)
+    same = dense_codec == "same"
+    dcodec = codec if same else make_codec(dense_codec, block_size, stochastic)
     tensors: list[WireTensor] = []
     for key in sorted(adapter.factors):
         f = adapter.factors[key]
@@ -40,11 +43,11 @@ def encode_adapter(adapter: Adapter, codec_name: str = "fp32", *, error_feedback
                 enc = codec.encode(x, generator)
             tensors.append(WireTensor(key, role, enc, f.r, float(f.alpha), bool(f.rslora)))
     for key in sorted(adapter.dense):
-        x = adapter.dense[key]
-        if key.endswith(B_SUFFIX):  # FFA-LoRA sends B factors without A, as dense tensors: the factors' codec
-            enc = error_feedback.encode(key, x, generator)[0] if error_feedback is not None else codec.encode(x, generator)
+        factor_like = same or key.endswith(B_SUFFIX)  # FFA's B: a factor sent without its A
+        if factor_like and error_feedback is not None:
+            enc, _ = error_feedback.encode(f"{key}.dense", adapter.dense[key], generator)
         else:
-            enc = dcodec.encode(x, generator)
+            enc = (codec if factor_like else dcodec).encode(adapter.dense[key], generator)
         tensors.append(WireTensor(key, "dense", enc))
     return tensors
 
@@ -71,16 +74,20 @@ def message_to_adapter(message: Message, layout: AdapterLayout | None = None) ->
 class AdapterSender:
     """One peer's encoder across rounds: `codec` factors (int8/int4 in blocks of `block_size`, rounding
     stochastically if `stochastic`), with error-feedback residuals if `error_feedback`, and a generator seeded with
-    `seed` so that a run's stochastic rounding is reproducible and survives a checkpoint."""
+    `seed` so that a run's stochastic rounding is reproducible and survives a checkpoint. Dense tensors go as
+    fp32, or as the factors do if `head_codec` is "same"."""
 
-    def __init__(self, codec: str, block_size: int, stochastic: bool, error_feedback: bool, *, seed: int):
+    def __init__(self, codec: str, block_size: int, stochastic: bool, error_feedback: bool, *, seed: int,
+                 head_codec: str = "fp32"):
         self.codec_name, self.block_size, self.stochastic = codec, block_size, stochastic
+        self.head_codec = head_codec
         self.error_feedback = ErrorFeedback(make_codec(codec, block_size, stochastic)) if error_feedback else None
         self.generator = torch.Generator().manual_seed(seed)
 
     def encode(self, adapter: Adapter) -> list[WireTensor]:
         return encode_adapter(adapter, self.codec_name, error_feedback=self.error_feedback,
-                              block_size=self.block_size, stochastic=self.stochastic, generator=self.generator)
+                              block_size=self.block_size, stochastic=self.stochastic, generator=self.generator,
+                              dense_codec=self.head_codec)
 
     def reset_residuals(self) -> None:
         """After the adapter was replaced by a fresh one (stack mode), old residuals belong to nothing."""

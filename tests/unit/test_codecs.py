@@ -11,6 +11,7 @@ from declora.core.codecs import CODEC_NAMES, MAX_BLOCK, Encoded, make_codec
 from declora.core.error_feedback import ErrorFeedback
 
 QUANT = ("int8", "int4")
+BLOCKED = ("int8", "int4", "int8h", "int4h")  # every block-quantized codec (tests/unit/test_codecs_half.py: the h ones)
 FLOAT = ("fp32", "fp16", "bf16")
 QMAX = {"int8": 127, "int4": 7}
 
@@ -41,7 +42,7 @@ def per_element(scale_per_block: torch.Tensor, numel: int, block: int) -> torch.
 
 
 def test_names_and_factory():
-    assert CODEC_NAMES == ("fp32", "fp16", "bf16", "int8", "int4")
+    assert CODEC_NAMES == ("fp32", "fp16", "bf16", "int8", "int4", "int8h", "int4h")
     for name in CODEC_NAMES:
         assert make_codec(name).name == name
     with pytest.raises(ValueError, match="unknown codec"):
@@ -113,7 +114,7 @@ def test_input_dtypes_layouts_and_output_form(name):
         assert y.dtype == torch.float32 and y.device.type == "cpu" and y.shape == x.shape
         assert enc.shape == tuple(x.shape) and all(type(d) is int for d in enc.shape)
         ref = x.float()
-        assert rel_rms(ref, y) <= (0.12 if name == "int4" else 0.01)
+        assert rel_rms(ref, y) <= (0.12 if name.startswith("int4") else 0.01)
     with pytest.raises(ValueError, match="floating-point"):
         codec.encode(torch.arange(10))
     with pytest.raises(ValueError, match="torch.Tensor"):
@@ -126,7 +127,7 @@ def test_cuda_input_is_moved_to_cpu(name):
     x = gaussian((16, 256)).cuda()
     enc, y = round_trip(make_codec(name), x)
     assert y.device.type == "cpu"
-    assert rel_rms(x.cpu(), y) <= (0.12 if name == "int4" else 0.01)
+    assert rel_rms(x.cpu(), y) <= (0.12 if name.startswith("int4") else 0.01)
 
 
 @pytest.mark.filterwarnings("error")  # e.g. a division by zero in the scales of an all-zero block
@@ -143,8 +144,8 @@ def test_zeros_and_constants_round_trip(name):
         y = round_trip(codec, x)[1]
         tol = {"fp32": 0.0, "fp16": 2.0**-11, "bf16": 2.0**-8}.get(name, 1e-6)  # a constant is its block's absmax
         assert bool(((y - c).abs() <= abs(c) * tol).all()), (name, c)
-    if name in QUANT:  # zeros are code 0 (stored as nibble 8 in int4), not some other code times a zero scale
-        assert set(bytes(make_codec(name).encode(torch.zeros(64)).buffers[0])) == {0 if name == "int8" else 0x88}
+    if name in BLOCKED:  # zeros are code 0 (stored as nibble 8 in int4), not some other code times a zero scale
+        assert set(bytes(make_codec(name).encode(torch.zeros(64)).buffers[0])) == {0 if name[:4] == "int8" else 0x88}
     # A block of zeros between non-zero blocks stays exactly zero.
     x = gaussian((256,))
     x[64:128] = 0
@@ -510,7 +511,7 @@ def test_fuzz_decode_only_raises_value_error(name, shape, meta, data):
     # the fuzzing reaches the content checks (scales, NaN/Inf) and not only the size checks.
     sizes = None
     try:
-        sizes = codec.buffer_nbytes(shape, meta if name in QUANT else None)
+        sizes = codec.buffer_nbytes(shape, meta if name in BLOCKED else None)
     except (ValueError, TypeError):
         pass
     if sizes is not None and max(sizes, default=0) <= 4096 and data.draw(st.booleans()):
@@ -520,6 +521,12 @@ def test_fuzz_decode_only_raises_value_error(name, shape, meta, data):
             n_scales = sizes[1] // 4
             scales = data.draw(st.lists(st.floats(0, 2.0**100, width=32), min_size=n_scales, max_size=n_scales))
             buffers[1] = np.array(scales, dtype="<f4").tobytes()
+        elif name in BLOCKED and name not in QUANT and data.draw(st.booleans()):
+            # int8h/int4h: a plausible tensor scale, then relative scales in [0, 1].
+            n_rel = (sizes[1] - 4) // 2
+            rel = data.draw(st.lists(st.floats(0, 1, width=16), min_size=n_rel, max_size=n_rel))
+            top = data.draw(st.floats(0, 2.0**100, width=32))
+            buffers[1] = np.array([top], dtype="<f4").tobytes() + np.array(rel, dtype="<f2").tobytes()
     else:
         buffers = data.draw(st.one_of(
             st.lists(st.binary(max_size=64), max_size=3),
@@ -535,12 +542,17 @@ def test_fuzz_decode_only_raises_value_error(name, shape, meta, data):
     assert out.numel() == 0 or bool(torch.isfinite(out).all())
 
 
-def test_module_stays_pure():
-    """codecs imports neither zmq nor msgpack nor anything above it (DESIGN.md section 3)."""
+@pytest.mark.parametrize("module", ["codecs", "codecs_half"])
+def test_module_stays_pure(module):
+    """The codecs import neither zmq nor msgpack nor anything above them (DESIGN.md section 3)."""
     import ast
-    import declora.core.codecs as mod
+    import importlib
 
+    mod = importlib.import_module(f"declora.core.{module}")
     tree = ast.parse(open(mod.__file__).read())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "math", "sys", "dataclasses", "typing", "numpy", "torch"}, imported
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    own = {m for m in imported if m.startswith("declora.")}
+    assert own <= ({"declora.core.codecs_half"} if module == "codecs" else set()), own
+    top = {m.split(".")[0] for m in imported - own}
+    assert top <= {"__future__", "math", "sys", "dataclasses", "typing", "numpy", "torch"}, top

@@ -59,6 +59,7 @@ def test_plain_text_beyond_this_host(capsys, tmp_path, command):
 @pytest.mark.parametrize("line,expected", [('peers = "x"', "peers must be an integer, got 'x'"),
                                            ("lr = true", "lr must be a number"),
                                            ('codec = "zip"', "--codec must be one of"),
+                                           ('head_codec = "int8"', "--head-codec must be one of fp32, same"),
                                            ('mode = "mean"', "--mode must be one of"),
                                            ("pears = 3", "unknown key 'pears'")])
 def test_bad_values_in_a_config_file(capsys, tmp_path, line, expected):

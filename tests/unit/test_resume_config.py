@@ -40,3 +40,11 @@ def test_resume_refuses_a_change_to_what_defines_the_run(saved_run):
 def test_resume_without_a_saved_run_starts_fresh(tmp_path):
     cfg = parse("--model", "tiny-bert", "--resume", "--out", str(tmp_path / "new"))
     assert cfg.mode == "gossip" and cfg.resume
+
+
+def test_head_codec_defaults_to_fp32_and_defines_the_run(saved_run, tmp_path):
+    assert parse("--model", "tiny-bert", "--out", str(tmp_path / "a")).head_codec == "fp32"
+    cfg = parse("--model", "tiny-bert", "--codec", "int4h", "--head-codec", "same", "--out", str(tmp_path / "b"))
+    assert (cfg.codec, cfg.head_codec) == ("int4h", "same")
+    with pytest.raises(ConfigError, match="head_codec 'fp32' -> 'same'"):
+        parse("--resume", "--out", str(saved_run), "--head-codec", "same")
