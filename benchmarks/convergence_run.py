@@ -81,6 +81,10 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
            "--rounds", str(preset.rounds), "--local-steps", str(preset.local_steps), "--schedule", "cosine",
            "--lr", str(lr), "--head-lr", str(head_lr), "--eval-every", str(every), "--keep-checkpoints", "0",
            "--no-save-adapters", "--group-by-length", "--seed", str(spec.seed), "--threads", str(THREADS),
+           # Every round waits for every neighbour (up to the 300 s cap): the benchmark measures the methods, not the
+           # machine's load. With the adaptive deadline, a loaded machine made neighbours late, mixed a round later,
+           # which changes the numbers and, for gradient tracking, breaks the correction's bookkeeping.
+           "--no-adaptive-deadline",
            *spec.flags(preset.peers), *data_flags]
     if preset.holdout:
         cmd += ["--holdout", str(preset.holdout)]

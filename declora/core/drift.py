@@ -6,9 +6,10 @@ gossip settles at a point biased by that walk (the "client drift"); a centralize
 
 - `none`: plain gossip (Dec-LoRA).
 - `kgt`: gradient tracking with local steps (K-GT, Liu, Lin, Koloskova and Stich, arXiv 2301.01313). Each peer keeps
-  a correction c_i and takes its local steps along g_i + c_i; it sends its trained adapter and the round's
-  displacement D_i = start_i - trained_i (2x the bytes), mixes both with the same row, and sets
-  c_i <- c_i + (sum_j w_ij D_j - D_i) / K. On the complete graph with equal weights this is SCAFFOLD's correction.
+  a correction c_i and feeds g_i + c_i to its local optimizer; it sends its trained adapter and the round's mean
+  corrected gradient y_i = mean_k (g_i + c_i) (2x the bytes), mixes both with the same row, and sets
+  c_i <- sum_j w_ij y_j - (y_i - c_i): the neighbourhood's mean gradient minus its own. With SGD at a constant rate
+  y_i is K-GT's displacement / (K eta), so this is K-GT exactly; behind a server with equal weights it is SCAFFOLD.
 - `qgm`: quasi-global momentum (Lin, Kong, Stich and Jaggi, ICML 2021): a buffer m_i of the peer's per-step movement
   across whole rounds (local steps and mixing) is added to every local step: no extra bytes.
 - `nesterov`: an outer optimizer on the round's pseudo-gradient g = start - mixed (DiLoCo, Douillard et al. 2023,
@@ -23,20 +24,22 @@ rule here need factor averaging (equal ranks, `gossip` mode): in svd and zeropad
 own subspace, so an entry-wise correction between peers means nothing; stack mode restarts a fresh adapter each
 round. The config refuses those combinations in one line.
 
-Corrections are displacements in parameter space (the units of one local step), applied after each optimizer step:
-for SGD this is exactly K-GT's and QGM's update (eta (g + c) = eta g + eta c); for AdamW it adds the correction to
-the optimizer's own step instead of feeding it through AdamW's per-coordinate scaling, which would turn a correction
-of gradients into something else.
+Where a correction enters the local steps (`Correction.kind`): K-GT's is a gradient, added before the optimizer step,
+because with AdamW a peer's displacement is a normalized step, not a gradient: tracking displacements (the paper's
+form, exact for SGD only) would correct each peer by the difference of its neighbours' normalized, mostly noisy
+steps, while AdamW fed the corrected gradient steps along the neighbourhood's mean gradient, as K-GT means to.
+QGM's is a displacement, subtracted after each step: its buffer is the peer's movement.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from declora.core.factors import Adapter, LoraFactor
 
-DELTA_SUFFIX = "#delta"  # K-GT: the round's displacement of module K travels as module K#delta in the same message
+TRACK_SUFFIX = "#track"  # K-GT: module K's mean corrected gradient travels as module K#track in the same message
 B_SUFFIX = "#B"  # FFA: module K's B factor travels as the dense tensor K#B (A is not sent)
 DRIFT_RULES = ("none", "kgt", "qgm", "nesterov", "ffa")
 
@@ -68,11 +71,22 @@ def norm(x: Adapter) -> float:
 
 
 # ---- the rules ------------------------------------------------------------------------------------------------------
+@dataclass
+class Correction:
+    """What a rule asks of a round's local steps. kind "step": `value` is subtracted from the trainable tensors after
+    every optimizer step (scaled like the step: the learner knows the schedule). kind "gradient": `value` is added to
+    the gradients before every optimizer step, and the learner writes the round's mean corrected gradient into
+    `mean_gradient`, which the rule then sends."""
+
+    kind: str
+    value: Adapter
+    mean_gradient: Adapter | None = None
+
+
 class DriftRule:
     """Plain gossip. The hooks, in the order of a round:
 
-    begin_round(start) -> step offset: the displacement subtracted from the trainable tensors after every local
-        step (None: nothing);
+    begin_round(start) -> the Correction of this round's local steps (None: nothing);
     payload(trained) -> what goes on the wire instead of the trained adapter;
     finish(mixed, trained) -> the adapter the peer loads, from the mix of the payloads.
     """
@@ -84,7 +98,7 @@ class DriftRule:
         self.local_steps = max(1, int(local_steps))
         self.start: Adapter | None = None
 
-    def begin_round(self, start: Adapter) -> Adapter | None:
+    def begin_round(self, start: Adapter) -> Correction | None:
         self.start = start
         return None
 
@@ -106,29 +120,33 @@ class DriftRule:
 
 
 class GradientTracking(DriftRule):
-    """K-GT: local steps along g_i + c_i; c_i tracks the neighbourhood's mean displacement minus the peer's own."""
+    """K-GT: the optimizer sees g_i + c_i; c_i tracks the neighbourhood's mean gradient minus the peer's own."""
 
     name = "kgt"
 
     def __init__(self, local_steps: int):
         super().__init__(local_steps)
         self.correction: Adapter | None = None
+        self.round: Correction | None = None
 
-    def begin_round(self, start: Adapter) -> Adapter | None:
+    def begin_round(self, start: Adapter) -> Correction:
         self.start = start
-        return self.correction
+        self.round = Correction("gradient", self.correction if self.correction is not None else zeros_like(start))
+        return self.round
 
     def payload(self, trained: Adapter) -> Adapter:
-        return pack_delta(trained, combine([(1.0, self.start), (-1.0, trained)]))
+        if self.round is None or self.round.mean_gradient is None:
+            raise RuntimeError("K-GT: the round's mean gradient was not recorded (begin_round, then train with the "
+                               "correction it returned)")
+        return pack_tracking(trained, self.round.mean_gradient)
 
     def payload_like(self, adapter: Adapter) -> Adapter:
-        return pack_delta(adapter, adapter)
+        return pack_tracking(adapter, adapter)
 
     def finish(self, mixed: Adapter, trained: Adapter) -> Adapter:
-        model, mixed_delta = unpack_delta(mixed)
-        own_delta = combine([(1.0, self.start), (-1.0, trained)])
-        step = combine([(1.0 / self.local_steps, mixed_delta), (-1.0 / self.local_steps, own_delta)])
-        self.correction = step if self.correction is None else combine([(1.0, self.correction), (1.0, step)])
+        model, mixed_y = unpack_tracking(mixed)
+        own_y, c = self.round.mean_gradient, self.round.value
+        self.correction = combine([(1.0, mixed_y), (-1.0, own_y), (1.0, c)])  # mean y - (own y - c) = mean y - own g
         return model
 
     def state_dict(self) -> dict:
@@ -150,9 +168,9 @@ class QuasiGlobalMomentum(DriftRule):
         self.beta, self.mu = float(beta), float(mu)
         self.buffer: Adapter | None = None
 
-    def begin_round(self, start: Adapter) -> Adapter | None:
+    def begin_round(self, start: Adapter) -> Correction | None:
         self.start = start
-        return None if self.buffer is None else combine([(self.beta, self.buffer)])
+        return None if self.buffer is None else Correction("step", combine([(self.beta, self.buffer)]))
 
     def finish(self, mixed: Adapter, trained: Adapter) -> Adapter:
         moved = combine([(1.0 / self.local_steps, self.start), (-1.0 / self.local_steps, mixed)])
@@ -218,17 +236,17 @@ def make_drift_rule(name: str, local_steps: int, *, qgm_beta: float = 0.5, qgm_m
 
 
 # ---- payload forms --------------------------------------------------------------------------------------------------
-def pack_delta(model: Adapter, delta: Adapter) -> Adapter:
-    """One adapter holding both: the displacement's factors under K#delta, its dense tensors under name#delta."""
-    factors = {**model.factors, **{k + DELTA_SUFFIX: f for k, f in delta.factors.items()}}
-    dense = {**model.dense, **{k + DELTA_SUFFIX: t for k, t in delta.dense.items()}}
+def pack_tracking(model: Adapter, tracked: Adapter) -> Adapter:
+    """One adapter holding both: the tracked variable's factors under K#track, its dense tensors under name#track."""
+    factors = {**model.factors, **{k + TRACK_SUFFIX: f for k, f in tracked.factors.items()}}
+    dense = {**model.dense, **{k + TRACK_SUFFIX: t for k, t in tracked.dense.items()}}
     return Adapter(factors, dense)
 
 
-def unpack_delta(packed: Adapter) -> tuple[Adapter, Adapter]:
+def unpack_tracking(packed: Adapter) -> tuple[Adapter, Adapter]:
     def split(d: dict) -> tuple[dict, dict]:
-        return ({k: v for k, v in d.items() if not k.endswith(DELTA_SUFFIX)},
-                {k[: -len(DELTA_SUFFIX)]: v for k, v in d.items() if k.endswith(DELTA_SUFFIX)})
+        return ({k: v for k, v in d.items() if not k.endswith(TRACK_SUFFIX)},
+                {k[: -len(TRACK_SUFFIX)]: v for k, v in d.items() if k.endswith(TRACK_SUFFIX)})
 
     (mf, df), (md, dd) = split(packed.factors), split(packed.dense)
     return Adapter(mf, md), Adapter(df, dd)

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from declora.core import aggregate
+from declora.core.drift import Correction
 from declora.core.factors import Adapter
 from declora.learn.evaluation import evaluate
-from declora.learn.live_adapter import freeze_lora_A, offset_applier
+from declora.learn.live_adapter import GradientCorrector, freeze_lora_A, offset_applier
 from declora.learn.multiple_choice_eval import evaluate_multiple_choice
 from declora.learn.model import (base_weights, load_base_weights, merge_delta_and_reset, read_adapter, save_adapter,
                                  save_merged_model, write_adapter)
@@ -36,16 +37,27 @@ class Learner:
         """Training examples this learner holds (a server weighs its update by them)."""
         return len(self.trainer.dataset)
 
-    def train(self, steps: int | None = None, offset: Adapter | None = None) -> dict:
+    def train(self, steps: int | None = None, correction: Correction | None = None) -> dict:
         """`steps` optimizer steps (default: the trainer's steps per round); the trainer's stats.
 
-        `offset` (drift correction, core.drift): a displacement subtracted after every step. It was measured in the
-        steps of the last round, so it is scaled like a step: by this step's learning-rate factor over that round's
-        mean (a correction taken at a high rate must not push a model whose own steps have annealed to nothing)."""
+        `correction` (drift correction, core.drift): a "gradient" one is added to every step's gradients, and the
+        round's mean corrected gradient is written back into it; a "step" one is a displacement subtracted after
+        every step. That displacement was measured in the steps of the last round, so it is scaled like a step: by
+        this step's learning-rate factor over that round's mean (a correction taken at a high rate must not push a
+        model whose own steps have annealed to nothing)."""
+        if correction is None:
+            with self.rng:
+                return self.trainer.train_steps(steps)
+        if correction.kind == "gradient":
+            corrector = GradientCorrector(self.model, correction.value)
+            with self.rng:
+                stats = self.trainer.train_steps(steps, before_step=corrector)
+            correction.mean_gradient = corrector.mean()
+            return stats
         with self.rng:
-            return self.trainer.train_steps(steps, None if offset is None else self._applier(offset))
+            return self.trainer.train_steps(steps, after_step=self._step_offset(correction.value))
 
-    def _applier(self, offset: Adapter):
+    def _step_offset(self, offset: Adapter):
         apply, config, step = offset_applier(self.model, offset), self.trainer.config, self.trainer.step
         first = max(0, step - config.local_steps)  # the last round's steps (this round's in the first)
         ref = sum(lr_factor(s, config) for s in range(first, first + config.local_steps)) / config.local_steps

@@ -141,10 +141,12 @@ class LocalTrainer:
             self.epoch, self.batch_in_epoch, self._batches = self.epoch + 1, 0, None
 
     # ---- training ---------------------------------------------------------------------------------------------
-    def train_steps(self, k: int | None = None, after_step: Callable[[float], None] | None = None) -> dict:
-        """k optimizer steps (default: config.local_steps), calling `after_step(f)` after each with that step's
-        learning-rate factor (drift correction). Returns the mean loss, steps, samples, seconds, lr, and whether the
-        optimizer had to be rebuilt because the adapter's tensors were replaced."""
+    def train_steps(self, k: int | None = None, after_step: Callable[[float], None] | None = None,
+                    before_step: Callable[[], None] | None = None) -> dict:
+        """k optimizer steps (default: config.local_steps). Drift correction's hooks: `before_step()` once the
+        gradients are in, before clipping and the step; `after_step(f)` after each step, with its learning-rate factor.
+        Returns the mean loss, steps, samples, seconds, lr, and whether the optimizer had to be rebuilt because the
+        adapter's tensors were replaced."""
         k = self.config.local_steps if k is None else k
         rebuilt = self._optimizer_is_stale()
         if rebuilt:
@@ -154,7 +156,7 @@ class LocalTrainer:
         start, losses, samples = time.perf_counter(), [], 0
         for _ in range(k):
             factor = lr_factor(self.step, self.config)
-            loss, n = self._one_step(device)
+            loss, n = self._one_step(device, before_step)
             if after_step is not None:
                 after_step(factor)
             losses.append(loss)
@@ -163,7 +165,7 @@ class LocalTrainer:
                 "seconds": time.perf_counter() - start, "lr": self.optimizer.param_groups[0]["lr"],
                 "optimizer_reset": rebuilt}
 
-    def _one_step(self, device: torch.device) -> tuple[float, int]:
+    def _one_step(self, device: torch.device, before_step: Callable[[], None] | None = None) -> tuple[float, int]:
         factor = lr_factor(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -181,6 +183,8 @@ class LocalTrainer:
                                          f"or check the data and the adapter")
             (loss * share).backward()
             step_loss += loss.item() * share
+        if before_step is not None:
+            before_step()
         if self.config.max_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from declora.config import RunConfig
 from declora.core.aggregate import consensus_distance
 from declora.core.deadlines import stale_weight
-from declora.core.drift import DriftRule, make_drift_rule
+from declora.core.drift import Correction, DriftRule, make_drift_rule
 from declora.core.factors import Adapter
 from declora.core.mixing import discount_row, mixing_matrix, mixing_row, renormalize_row
 from declora.core.plausibility import PlausibilityCheck
@@ -89,8 +89,8 @@ class Gossip:
         return AdapterLayout.from_adapter(self.drift.payload_like(mine), max_rank=self.max_rank,
                                           equal_rank=self.strategy.equal_ranks)
 
-    def begin_round(self, start: Adapter) -> Adapter | None:
-        """The adapter before the round's local steps; returns the displacement each local step subtracts."""
+    def begin_round(self, start: Adapter) -> Correction | None:
+        """The adapter before the round's local steps; returns what the rule asks of them (core.drift)."""
         return self.drift.begin_round(start)
 
     def exchange(self, transport, t: int, mine: Adapter, sender: AdapterSender, samples: int,
@@ -184,7 +184,7 @@ class ServerClient:
         self.neighbours = [server_id]
         self.drift = drift if drift is not None else DriftRule(1)
 
-    def begin_round(self, start: Adapter) -> Adapter | None:
+    def begin_round(self, start: Adapter) -> Correction | None:
         return self.drift.begin_round(start)
 
     def inbound_layout(self, mine: Adapter) -> AdapterLayout:

@@ -58,8 +58,8 @@ def run_peer(cfg: RunConfig, peer_id: int, learner: Learner, transport, hood, re
         while t < cfg.rounds:
             skipped_from, t = t, rejoin_if_behind(transport, hood, learner, t, cfg.stale_rounds, cfg.rounds)
             round_start = time.time()
-            offset = hood.begin_round(learner.adapter())  # drift correction: what each local step also moves
-            train_stats = rollback.train(t, offset)
+            correction = hood.begin_round(learner.adapter())  # drift correction: what the local steps also take
+            train_stats = rollback.train(t, correction)
             slow_down(cfg, peer_id, time.time() - round_start)  # --slow-peers: fault injection for benchmarks
             compute_s = time.time() - round_start
 

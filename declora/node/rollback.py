@@ -30,9 +30,9 @@ class Rollback:
         self.stack: Adapter | None = None  # the merged stack (low rank: cheaper to keep than its dense delta)
         self.count = 0
 
-    def train(self, t: int, offset=None) -> dict:
+    def train(self, t: int, correction=None) -> dict:
         try:
-            return self.learner.train(offset=offset)
+            return self.learner.train(correction=correction)
         except FloatingPointError as e:
             if self.good is None:  # nothing was mixed in yet: the problem is ours, not a neighbour's
                 raise

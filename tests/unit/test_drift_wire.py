@@ -30,11 +30,13 @@ def test_ffa_b_goes_through_the_factor_codec_and_the_head_does_not():
 def test_kgt_payload_round_trips_through_a_message_and_its_layout():
     rule = GradientTracking(local_steps=4)
     start = adapter()
-    rule.begin_round(start)
+    correction = rule.begin_round(start)
+    correction.mean_gradient = Adapter({k: LoraFactor(0.1 * f.A, 0.1 * f.B, f.alpha) for k, f in start.factors.items()},
+                                       start.dense)
     trained = Adapter({k: LoraFactor(f.A * 0.9, f.B * 0.9, f.alpha) for k, f in start.factors.items()}, start.dense)
     payload = rule.payload(trained)
     layout = AdapterLayout.from_adapter(rule.payload_like(start), equal_rank=True)
     msg = make_message(Kind.FACTORS, 1, 0, encode_adapter(payload, "fp32"))
     back = message_to_adapter(msg, layout)
-    assert set(back.factors) == {"q", "q#delta"}
-    torch.testing.assert_close(back.factors["q#delta"].A, 0.1 * start.factors["q"].A)
+    assert set(back.factors) == {"q", "q#track"}
+    torch.testing.assert_close(back.factors["q#track"].A, 0.1 * start.factors["q"].A)

@@ -1,10 +1,11 @@
-"""Drift correction's hooks into training (learn.live_adapter, Learner.train(offset=...)): an offset moves the live
-model itself after every step, scaled like the step; FFA's frozen A does not move."""
+"""Drift correction's hooks into training (learn.live_adapter, Learner.train(correction=...)): a "step" correction
+moves the live model itself after every step, scaled like the step; a "gradient" one is what the optimizer sees,
+and its mean comes back; FFA's frozen A does not move."""
 from __future__ import annotations
 
 import torch
 
-from declora.core.drift import combine
+from declora.core.drift import Correction, combine
 from declora.learn.learner import Learner
 from declora.learn.live_adapter import freeze_lora_A, offset_applier
 from declora.learn.model import build_model, read_adapter
@@ -42,7 +43,7 @@ def test_a_training_round_with_an_offset_ends_where_the_same_round_without_it_en
     start = read_adapter(a.model)
     offset = combine([(1e-2, start)])
     a.train()
-    b.train(offset=offset)
+    b.train(correction=Correction("step", offset))
     diff = combine([(1.0, read_adapter(a.model)), (-1.0, read_adapter(b.model))])
     for k, f in diff.factors.items():
         torch.testing.assert_close(f.A, 2 * offset.factors[k].A, rtol=0.05, atol=2e-4)
@@ -69,10 +70,30 @@ def test_the_offset_is_scaled_like_the_steps_of_a_decaying_schedule():
     a.train(), b.train()
     offset = combine([(1e-2, read_adapter(a.model))])
     a.train()
-    b.train(offset=offset)
+    b.train(correction=Correction("step", offset))
     cfg = a.trainer.config
     expected = sum(lr_factor(s, cfg) for s in (2, 3)) / (sum(lr_factor(s, cfg) for s in (0, 1)) / 2)
     assert expected < 1.9
     diff = combine([(1.0, read_adapter(a.model)), (-1.0, read_adapter(b.model))])
     for k, f in diff.factors.items():
         torch.testing.assert_close(f.A, expected * offset.factors[k].A, rtol=0.05, atol=2e-4)
+
+
+def test_a_gradient_correction_is_what_the_optimizer_sees_and_its_mean_comes_back():
+    """The same round with a gradient correction c and without: the mean corrected gradient is the plain round's mean
+    gradient plus c (up to the trajectories parting), and a huge c in one direction moves the model that way."""
+    a, b = learner(), learner()
+    start = read_adapter(a.model)
+    zero = Correction("gradient", combine([(0.0, start)]))
+    a.train(correction=zero)
+    push = Correction("gradient", combine([(1.0, start)]))  # a gradient along +x: descent moves towards -x
+    b.train(correction=push)
+    assert zero.mean_gradient is not None and push.mean_gradient is not None
+    key = next(iter(start.factors))
+    assert float(zero.mean_gradient.factors[key].B.abs().sum()) > 0  # B's gradient is nonzero from step 1 on
+    moved_a = combine([(1.0, read_adapter(a.model)), (-1.0, start)])
+    moved_b = combine([(1.0, read_adapter(b.model)), (-1.0, start)])
+    # AdamW normalizes: with the push dominating, every A entry moves against its own sign by about lr per step.
+    A0, dA = start.factors[key].A, moved_b.factors[key].A
+    assert float((dA * A0.sign()).mean()) < -1.5e-3
+    assert float((moved_a.factors[key].A * A0.sign()).mean()) > -1e-4
