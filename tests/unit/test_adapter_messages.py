@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from benchmarks.bench_codecs import minilm_adapter
 from declora.core.factors import Adapter, LoraFactor
 from declora.wire.adapter_messages import AdapterSender, decode_received, encode_adapter, message_to_adapter
 from declora.wire.protocol import Kind, from_frames, make_message, to_frames
@@ -23,17 +24,6 @@ def det(shape, k):
 def small_adapter():
     f = {f"m{i}": LoraFactor(det((4, 40), i), det((24, 4), i + 5), 8.0) for i in range(3)}
     return Adapter(f, {"classifier.weight": det((2, 40), 9), "classifier.bias": det((2,), 10)})
-
-
-def minilm_adapter(seed=0):
-    """The shapes of LoRA r=8 on query/value of all-MiniLM-L6-v2 with a 2-class head, as peft names them."""
-    g = torch.Generator().manual_seed(seed)
-    factors = {f"base_model.model.bert.encoder.layer.{i}.attention.self.{m}":
-               LoraFactor(torch.randn(8, 384, generator=g) * 0.05, torch.randn(384, 8, generator=g) * 1e-3, 16.0)
-               for i in range(6) for m in ("query", "value")}
-    dense = {"base_model.model.classifier.weight": torch.randn(2, 384, generator=g) * 0.05,
-             "base_model.model.classifier.bias": torch.randn(2, generator=g) * 0.01}
-    return Adapter(factors, dense)
 
 
 def wire(sender: AdapterSender, adapter: Adapter, round_=0):

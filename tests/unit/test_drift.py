@@ -52,13 +52,14 @@ class Problem:
         rules = [make_drift_rule(rule_name, K, **kw) for _ in range(N)]
         xs = [adapter_of(torch.Generator().manual_seed(99)) for _ in range(N)]  # a shared start, as in a real run
         for _ in range(rounds):
-            payloads, trained = [], []
-            for i in range(N):
-                z = sgd(xs[i], rules[i].begin_round(xs[i]), lambda x, i=i: self.grad(i, x))
-                trained.append(z)
-                payloads.append(rules[i].payload(z))
-            xs = [rules[i].finish(aggregate.gossip(payloads, self.rows[i]), trained[i]) for i in range(N)]
+            xs = self.round(rules, xs)
         return xs
+
+    def round(self, rules, xs: list[Adapter]) -> list[Adapter]:
+        """Every peer: K local steps under its rule, then the gossip mix of the payloads and the rule's finish."""
+        trained = [sgd(xs[i], rules[i].begin_round(xs[i]), lambda x, i=i: self.grad(i, x)) for i in range(N)]
+        payloads = [rules[i].payload(z) for i, z in enumerate(trained)]
+        return [rules[i].finish(aggregate.gossip(payloads, self.rows[i]), trained[i]) for i in range(N)]
 
 
 def sgd(x: Adapter, correction, grad, steps: int = K) -> Adapter:
@@ -132,12 +133,7 @@ def test_kgt_corrections_sum_to_zero_over_the_peers():
     rules = [make_drift_rule("kgt", K) for _ in range(N)]
     xs = [adapter_of(torch.Generator().manual_seed(5)) for _ in range(N)]
     for _ in range(3):
-        trained, payloads = [], []
-        for i in range(N):
-            z = sgd(xs[i], rules[i].begin_round(xs[i]), lambda x, i=i: p.grad(i, x))
-            trained.append(z)
-            payloads.append(rules[i].payload(z))
-        xs = [rules[i].finish(aggregate.gossip(payloads, p.rows[i]), trained[i]) for i in range(N)]
+        xs = p.round(rules, xs)
     total = combine([(1.0, r.correction) for r in rules])
     assert norm(total) < 1e-5
     assert norm(rules[0].correction) > 1e-2  # and it is not trivially zero
