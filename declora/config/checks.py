@@ -90,6 +90,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(not cfg.host_mbit or cfg.emulated_hosts(), "--host-mbit caps emulated hosts' links: add --hosts netns:K")
     _check_chaos(cfg)
     _check_drift(cfg)
+    need(not (cfg.independent_init and cfg.drift == "ffa"), "--drift ffa keeps the run's shared initial A frozen, "
+                                                            "which --independent-init does away with; drop one")
     merges = cfg.server == "flora" or (not cfg.server and cfg.mode == "stack")
     need(not cfg.keep_moments or merges, "--keep-moments carries AdamW's moments across a merge into the base: it "
                                          "applies to --mode stack and --server flora only; drop it")

@@ -61,6 +61,9 @@ class RunConfig:
     outer_momentum: float = _opt(0.9, "--drift nesterov: outer Nesterov momentum")
     qgm_beta: float = _opt(0.5, "--drift qgm: how much of the quasi-global momentum every local step adds")
     qgm_mu: float = _opt(0.9, "--drift qgm: decay of the quasi-global momentum buffer per round")
+    independent_init: bool = _opt(False, "each peer draws its own adapter init (and a missing head's) from its own seed, "
+                                         "as peers that join with adapters of their own; default: the run's shared "
+                                         "init, since averaging independently drawn A's shrinks them")
     keep_moments: bool = _opt(False, "stack and --server flora: the fresh adapter after each merge keeps the AdamW "
                                      "moments of the one it replaces (default: a fresh optimizer, as FLoRA)")
     codec: str = _opt("int8", "wire codec: fp32 | fp16 | bf16 | int8 | int4 | int8h | int4h (the h ones: 2-byte "

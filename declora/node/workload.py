@@ -190,7 +190,9 @@ def build_learner(cfg: RunConfig, peer_id: int, alone: bool = False):
     device = pick_device(cfg.gpu_list(), peer_id // cfg.peers_per_process, cfg.cpu)  # a process's peers: one GPU
     rank = cfg.rank_list()[peer_id]
     # Every peer starts from the same adapter init (the run's seed): averaging independently drawn A's shrinks them.
-    model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=cfg.seed)
+    # --independent-init: peers that join with adapters of their own (where the exact modes should matter).
+    init_seed = cfg.seed * 1000 + peer_id + 1 if cfg.independent_init and not alone else cfg.seed
+    model, tokenizer = build_model(model_spec(cfg), rank, cfg.alpha, rslora=cfg.rslora, device=device, seed=init_seed)
     work = load_workload(cfg, tokenizer, peer_id, cfg.peers, union=alone)
     trim_heap()  # the whole data file and the tokenizer's buffers were freed: return their pages
     log.info("peer %d on %s: rank %d, %s", peer_id, device, rank, work.description)

@@ -81,3 +81,17 @@ def test_scaffold_behind_the_server(tmp_path):
     assert largest > 0 and total < 0.05 * largest, (total, largest)  # the shards differ by at most one example
     server = [json.loads(x) for x in (scaffold / "metrics" / "server.jsonl").read_text().splitlines()]
     assert all(r["clients_heard"] == 3 and not r["updates_dropped"] for r in server)
+
+
+def test_independent_init_gives_each_peer_its_own_adapter(tmp_path):
+    """--independent-init (issue 15, part 4): peers start from adapters of their own; the default shares one."""
+    from declora.config import resolve
+    from declora.node.workload import build_learner
+
+    data = str(write_data(tmp_path / "data"))
+    cfgs = {flag: resolve(**{**COMMON, "data": data, "eval_data": data, "out": str(tmp_path / str(flag)),
+                             "mode": "svd", "ranks": "4", "independent_init": flag}) for flag in (False, True)}
+    first_A = {flag: [next(iter(build_learner(cfg, i).adapter().factors.values())).A for i in range(2)]
+               for flag, cfg in cfgs.items()}
+    assert torch.equal(first_A[False][0], first_A[False][1])
+    assert not torch.equal(first_A[True][0], first_A[True][1])
