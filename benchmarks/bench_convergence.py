@@ -209,6 +209,9 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
                 records.append(cached)
                 continue
             record = run_one(spec, preset, run_root, eval_file, state, args)
+            if record.get("returncode") == 2:  # a bad setting or a missing model: every other run would fail too
+                raise SystemExit(f"bench_convergence: stopped, {spec.name} was refused (exit 2); fix what it says "
+                                 f"above and run again (finished runs are cached)")
             records.append(record)
             if record["status"] == "ok":
                 cache_run(preset, record, args)

@@ -21,6 +21,7 @@ LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized,
 # thread per process; benchmarks/README.md): one MiniLM step of 32 with length-grouped batches, evaluating one dev
 # example, starting a peer process; OVERHEAD scales the sum.
 STEP_CORE_S, EVAL_CORE_S_PER_EXAMPLE, START_CORE_S, OVERHEAD = 0.35, 0.009, 7.0, 1.15
+UNSORTED_STEP_FACTOR = 2.8  # a step without length-grouped batches (more padding), relative to one with them
 SERVER_START_CORE_S = 3.0  # the server process of a server run
 AVG_MODEL_CORE_S_PER_PEER = 0.1  # reading one peer's checkpoint into the average model
 
@@ -64,17 +65,29 @@ class Spec:
     partition: str = "dirichlet:0.5"
     group: str = "r=8"
     seed: int = 0  # the run's --seed (split, holdout, init, batches, dropout); the seeds of a method give its spread
+    head_codec: str = "fp32"  # --head-codec: the classifier head as fp32 or through the factors' codec ("same")
+    block: int = 64  # --block-size of the int codecs' absmax scales
+    by_length: bool = True  # --group-by-length; False measures what length-grouped batches cost in accuracy
+    independent: bool = False  # --independent-init: every peer its own adapter init (peers joining with their own)
 
     @property
     def name(self) -> str:
-        ranks = "r" + self.ranks if "," not in self.ranks else "rhet"
-        codec = self.codec + ("+ef" if self.error_feedback else "")
+        ranks = "r" + self.ranks if "," not in self.ranks else "rhet" if self.ranks != WIDE_RANKS else "rwide"
         part = self.partition.replace("dirichlet:", "dir").replace(":", "")
-        return f"{self.method}-{ranks}-{codec}-{part}" + (f"-seed{self.seed}" if self.seed else "")
+        return (f"{self.method}-{ranks}-{self.codec_tag}-{part}" + ("" if self.by_length else "-shuffled")
+                + ("-indep" if self.independent else "")
+                + (f"-seed{self.seed}" if self.seed else ""))
+
+    @property
+    def codec_tag(self) -> str:
+        return (self.codec + ("+ef" if self.error_feedback else "") + ("+head" if self.head_codec == "same" else "")
+                + (f"-b{self.block}" if self.block != 64 else ""))
 
     @property
     def codec_label(self) -> str:
-        return self.codec + (" + EF" if self.error_feedback else "")
+        return (self.codec + (" + EF" if self.error_feedback else "") + (", head too" if self.head_codec == "same"
+                                                                         else "")
+                + (f", block {self.block}" if self.block != 64 else ""))
 
     @property
     def centralized(self) -> bool:
@@ -95,7 +108,14 @@ class Spec:
         else:
             what = ["--mode", self.method, "--topology", "ring"]
         codec = ["--codec", self.codec, "--error-feedback" if self.error_feedback else "--no-error-feedback"]
-        return what + codec + ["--ranks", self.ranks, "--partition", self.partition]
+        codec += (["--head-codec", self.head_codec] if self.head_codec != "fp32" else []) + (
+            ["--block-size", str(self.block)] if self.block != 64 else [])
+        order = [] if self.by_length else ["--no-group-by-length"]
+        order += ["--independent-init"] if self.independent else []
+        return what + codec + order + ["--ranks", self.ranks, "--partition", self.partition]
+
+
+WIDE_RANKS = "64,32,16,8,8,4,4,2"  # issue 15 part 4 (8 peers)
 
 
 def hetero_ranks(peers: int) -> str:
@@ -110,7 +130,17 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
     if preset.name.startswith("quick"):
         return [Spec(m) for m in ("centralized", "gossip-ring", "svd")], [Spec(m) for m in ("fedit", "flora")]
     if preset.name.startswith("drift"):
-        return [Spec(m) for m in ("centralized", "gossip-exp", *(f"gossip-exp-{d}" for d in DRIFT_RULES))], []
+        first = [Spec(m) for m in ("centralized", "gossip-exp", *(f"gossip-exp-{d}" for d in DRIFT_RULES))]
+        # Issue 15 parts 5 and 1: the byte-lean codecs at the settings that reach the byte goals
+        # (benchmarks/README.md, int8h / int4h), and plain gossip without length-grouped batches, each beside
+        # plain fp32 gossip of the same seeds.
+        rest = [Spec("gossip-exp", codec="int8h", head_codec="same", block=128, group="codecs"),
+                Spec("gossip-exp", codec="int4h", error_feedback=True, head_codec="same", group="codecs"),
+                Spec("gossip-exp", by_length=False, group="batches")]
+        # Issue 15 part 4: where exact aggregation should matter, peers that start from their own inits with ranks
+        # from 64 down to 2 (their subspaces differ; with the shared init gossip keeps them close).
+        rest += [Spec(m, ranks=WIDE_RANKS, independent=True, group="independent") for m in ("zeropad", "svd", "stack")]
+        return first, rest
     het = hetero_ranks(preset.peers)
     first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
     rest = [Spec(m) for m in ("fedit", "flora", "flexlora")]
@@ -146,7 +176,7 @@ def with_seeds(specs: list[Spec], seeds: tuple[int, ...]) -> list[Spec]:
 def estimate_seconds(spec: Spec, preset: Preset, eval_examples: int, cores: int) -> float:
     """With --holdout the rounds' evaluations are on the holdout, and the last round's also on the dev set."""
     n, r, k = preset.peers, preset.rounds, preset.local_steps
-    train = n * k * r * STEP_CORE_S
+    train = n * k * r * STEP_CORE_S * (1.0 if spec.by_length else UNSORTED_STEP_FACTOR)
     per_eval = (preset.holdout or eval_examples) * EVAL_CORE_S_PER_EXAMPLE
     dev_at_end = eval_examples * EVAL_CORE_S_PER_EXAMPLE if preset.holdout else 0.0
     if spec.centralized:

@@ -13,7 +13,7 @@ comparisons made (with 3 seeds and a few dozen pairs, few do: the per-pair call 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from statistics import mean
 from typing import Sequence
 
@@ -140,13 +140,22 @@ def comparisons(records: list[dict]) -> list[dict]:
             codec_base = {sa["group"], sb["group"]} == {"codecs", "r=8"} and sa["method"] == sb["method"]
             other_split = all(sa[k] == sb[k] for k in ("method", "ranks", "codec", "error_feedback")) \
                 and sa["partition"] != sb["partition"]
-            if not (same_group or centralized or codec_base or other_split):
+            other_order = _same_but(sa, sb, "by_length")  # length-grouped batches or not, all else equal
+            if not (same_group or centralized or codec_base or other_split or other_order):
                 continue
             result = compare(per_seed(methods[ka]), per_seed(methods[kb]), paired=sa["partition"] == sb["partition"])
             out.append({"a": ka, "b": kb, **result})
     for c, keep in zip(out, holm([c["p"] for c in out])):
         c["significant_holm"] = keep
     return out
+
+
+def _same_but(sa: dict, sb: dict, key: str) -> bool:
+    """Two runs' specs differ in `key` (missing = the Spec default) and in nothing but it and their group."""
+    from benchmarks.convergence_plan import Spec
+
+    a, b = asdict(replace(Spec(**sa), group="", seed=0)), asdict(replace(Spec(**sb), group="", seed=0))
+    return a[key] != b[key] and {k: v for k, v in a.items() if k != key} == {k: v for k, v in b.items() if k != key}
 
 
 def ci_markdown(records: list[dict]) -> str:

@@ -190,7 +190,7 @@ class OuterNesterov(DriftRule):
 
     name = "nesterov"
 
-    def __init__(self, local_steps: int, lr: float = 0.7, mu: float = 0.9):
+    def __init__(self, local_steps: int, lr: float = 1.0, mu: float = 0.5):
         super().__init__(local_steps)
         self.lr, self.mu = float(lr), float(mu)
         self.momentum: Adapter | None = None
@@ -221,7 +221,7 @@ class FrozenA(DriftRule):
 
 
 def make_drift_rule(name: str, local_steps: int, *, qgm_beta: float = 0.5, qgm_mu: float = 0.9,
-                    outer_lr: float = 0.7, outer_momentum: float = 0.9) -> DriftRule:
+                    outer_lr: float = 1.0, outer_momentum: float = 0.5) -> DriftRule:
     if name == "none":
         return DriftRule(local_steps)
     if name == "kgt":

@@ -1,0 +1,78 @@
+"""bench_convergence's plan and goal checks for issue 15: what each run is called and passes to `declora simulate`,
+which runs the drift preset compares with which, and the drift goals on records whose answers are known."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from benchmarks.convergence_plan import PRESETS, WIDE_RANKS, Spec, plan
+from benchmarks.convergence_report import goal_checks, markdown_table
+from benchmarks.convergence_stats import comparisons
+
+
+def test_defaults_keep_the_old_names_and_flags():
+    # Cached records from before these fields existed must keep their names (the cache is keyed by them).
+    s = Spec("gossip-exp")
+    assert s.name == "gossip-exp-r8-fp32-dir0.5"
+    assert s.flags(8) == ["--mode", "gossip", "--topology", "exp", "--codec", "fp32", "--no-error-feedback",
+                          "--ranks", "8", "--partition", "dirichlet:0.5"]
+    assert Spec(**{k: v for k, v in asdict(s).items() if k in ("method", "ranks", "codec")}).name == s.name
+
+
+def test_codec_head_block_order_and_init_show_in_name_and_flags():
+    s = Spec("gossip-exp", codec="int8h", head_codec="same", block=128, seed=2)
+    assert s.name == "gossip-exp-r8-int8h+head-b128-dir0.5-seed2"
+    assert s.flags(8)[4:] == ["--codec", "int8h", "--no-error-feedback", "--head-codec", "same", "--block-size",
+                              "128", "--ranks", "8", "--partition", "dirichlet:0.5"]
+    u = Spec("gossip-exp", by_length=False)
+    assert u.name.endswith("-shuffled") and "--no-group-by-length" in u.flags(8)
+    w = Spec("svd", ranks=WIDE_RANKS, independent=True)
+    assert w.name == "svd-rwide-fp32-dir0.5-indep" and "--independent-init" in w.flags(8)
+
+
+def test_drift_preset_plans_codecs_unsorted_batches_and_independent_inits():
+    first, rest = plan(PRESETS["drift"])
+    assert [s.method for s in first][:2] == ["centralized", "gossip-exp"]
+    names = [s.name for s in rest]
+    assert "gossip-exp-r8-int4h+ef+head-dir0.5" in names and "gossip-exp-r8-fp32-dir0.5-shuffled" in names
+    assert {s.method for s in rest if s.independent} == {"zeropad", "svd", "stack"}
+
+
+def record(spec: Spec, acc: float, mb: float = 15.0, peer_min: float | None = None) -> dict:
+    return {"name": spec.name, "label": spec.method, "spec": asdict(spec), "status": "ok",
+            "final": {"avg_model_accuracy": acc, "avg_model_holdout_accuracy": acc, "peer_accuracy_mean": acc,
+                      "peer_accuracy_min": acc if peer_min is None else peer_min, "mb_sent_per_peer": mb,
+                      "mb_busiest_process": 2 * mb, "busiest_process": "peer 0", "wall_s": 10.0},
+            "rounds": [{"round": 0, "avg_model": {"accuracy": acc}}]}
+
+
+def test_unsorted_batches_are_compared_with_the_sorted_run_paired_by_seed():
+    runs = []
+    for seed, (a, b) in enumerate([(0.78, 0.79), (0.80, 0.80), (0.79, 0.81)]):
+        runs += [record(Spec("gossip-exp", seed=seed), a),
+                 record(Spec("gossip-exp", by_length=False, group="batches", seed=seed), b)]
+    (c,) = comparisons(runs)
+    assert c["test"] == "paired t" and c["diff"] == pytest.approx(-0.01) and c["b"].endswith("-shuffled")
+    assert "batches unsorted" in markdown_table(runs)
+
+
+def test_drift_goals_from_known_numbers():
+    runs = [record(Spec("centralized"), 0.85, mb=0.0), record(Spec("gossip-exp"), 0.80),
+            record(Spec("gossip-exp-kgt"), 0.848, mb=30.003, peer_min=0.842),
+            record(Spec("gossip-ring-kgt", group="ring"), 0.83),
+            record(Spec("gossip-exp", partition="labelskew:1", group="labelskew:1"), 0.55),
+            record(Spec("gossip-exp-kgt", partition="labelskew:1", group="labelskew:1"), 0.59),
+            record(Spec("gossip-exp", codec="int8h", head_codec="same", block=128, group="codecs"), 0.798, mb=4.0),
+            record(Spec("gossip-exp", codec="int4h", error_feedback=True, head_codec="same", group="codecs"), 0.79,
+                   mb=2.2)]
+    goals = {g["goal"]: g for g in goal_checks(runs, PRESETS["drift"], 872, 0.51)}
+    first = next(g for k, g in goals.items() if k.startswith("best gossip mode"))
+    assert first["held"] is True and "-0.20 pt" in first["detail"] and "-0.80 pt" in first["detail"]
+    assert goals["the best rule costs at most 2x the bytes of plain gossip"]["held"] is True  # 2.0002x rounds to 2
+    assert goals["on the ring too: average model within 0.5 pt of centralized, worst peer within 1 pt"]["held"] is False
+    assert goals["labelskew:1 (one class per peer): the best rule at least 3 pt above plain gossip"]["held"] is True
+    int8 = goals["int8h, head too, block 128 within 0.3 pt of fp32 at 3.9x fewer bytes"]
+    assert "3.75x" in int8["detail"] and int8["held"] is False  # 15 / 4 = 3.75 < 3.9: bytes miss
+    int4 = goals["int4h + EF, head too within 0.5 pt of fp32 at 6.8x fewer bytes"]
+    assert int4["held"] is False and "-1.00 pt" in int4["detail"]  # 6.82x fewer bytes, but 1 pt lost
