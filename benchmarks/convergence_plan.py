@@ -10,11 +10,12 @@ LR, HEAD_LR = 4e-3, 1e-2  # the run defaults (the demo's); see benchmarks/README
 DRIFT_RULES = ("kgt", "qgm", "nesterov", "ffa")  # issue 15: gossip-<topology>-<rule> runs `--drift <rule>`
 DRIFT_METHODS = tuple(f"gossip-{t}-{d}" for t in ("exp", "ring") for d in DRIFT_RULES)
 GOSSIP_METHODS = ("gossip-ring", "gossip-exp", "stack", "svd", "zeropad", *DRIFT_METHODS)  # decentralized, no server
-SERVER_METHODS = ("fedit", "flora", "flexlora")
+SERVER_METHODS = ("fedit", "flora", "flexlora", "scaffold")  # scaffold = --server fedit --drift kgt
 EQUAL_RANKS_ONLY = ("gossip-ring", "gossip-exp", "fedit", *DRIFT_METHODS)  # skipped at heterogeneous ranks (see plan())
 LABELS = {"centralized": "centralized", "centralized-large-batch": "centralized, batch N x 32",
           "gossip-ring": "gossip ring", "gossip-exp": "gossip exp", "stack": "stack (ring)", "svd": "svd (ring)",
           "zeropad": "zeropad (ring)", "fedit": "server fedit", "flora": "server flora", "flexlora": "server flexlora",
+          "scaffold": "server SCAFFOLD (fedit + kgt)",
           **{m: f"gossip {m.split('-')[1]} + {m.split('-')[2]}" for m in DRIFT_METHODS}}
 
 # Cost model for the time estimate, in core-seconds per unit (measured on the development machine with 1 torch
@@ -69,13 +70,16 @@ class Spec:
     block: int = 64  # --block-size of the int codecs' absmax scales
     by_length: bool = True  # --group-by-length; False measures what length-grouped batches cost in accuracy
     independent: bool = False  # --independent-init: every peer its own adapter init (peers joining with their own)
+    rounds: int = 0  # 0: the preset's rounds; else this many rounds with the same samples (more local steps each)
+    keep_moments: bool = False  # --keep-moments: FLoRA's AdamW moments kept across the merge into the base
 
     @property
     def name(self) -> str:
         ranks = "r" + self.ranks if "," not in self.ranks else "rhet" if self.ranks != WIDE_RANKS else "rwide"
         part = self.partition.replace("dirichlet:", "dir").replace(":", "")
         return (f"{self.method}-{ranks}-{self.codec_tag}-{part}" + ("" if self.by_length else "-shuffled")
-                + ("-indep" if self.independent else "")
+                + ("-indep" if self.independent else "") + (f"-R{self.rounds}" if self.rounds else "")
+                + ("-moments" if self.keep_moments else "")
                 + (f"-seed{self.seed}" if self.seed else ""))
 
     @property
@@ -100,6 +104,8 @@ class Spec:
             what = ["--mode", "centralized"]
         elif self.method == "centralized-large-batch":  # 1 shard = all the data, batch peers x 32, a peer's steps
             what = ["--mode", "centralized", "--peers", "1", "--batch-size", str(32 * peers)]
+        elif self.method == "scaffold":  # K-GT's correction behind the server is SCAFFOLD (declora/core/drift.py)
+            what = ["--server", "fedit", "--drift", "kgt"]
         elif self.method in SERVER_METHODS:
             what = ["--server", self.method]
         elif self.method.startswith("gossip-"):
@@ -111,11 +117,21 @@ class Spec:
         codec += (["--head-codec", self.head_codec] if self.head_codec != "fp32" else []) + (
             ["--block-size", str(self.block)] if self.block != 64 else [])
         order = [] if self.by_length else ["--no-group-by-length"]
-        order += ["--independent-init"] if self.independent else []
+        order += (["--independent-init"] if self.independent else []) + (["--keep-moments"] if self.keep_moments else [])
         return what + codec + order + ["--ranks", self.ranks, "--partition", self.partition]
 
 
 WIDE_RANKS = "64,32,16,8,8,4,4,2"  # issue 15 part 4 (8 peers)
+
+
+def for_spec(preset: Preset, spec: Spec) -> Preset:
+    """The preset a run actually follows: a run with its own number of rounds takes the same samples in fewer,
+    longer rounds (FLoRA's schedule: local epochs per round), evaluated after every one of them."""
+    if not spec.rounds:
+        return preset
+    steps = preset.rounds * preset.local_steps // spec.rounds
+    return replace(preset, rounds=spec.rounds, local_steps=steps, avg_eval_every=1,
+                   peer_eval_every=min(preset.peer_eval_every, spec.rounds))
 
 
 def hetero_ranks(peers: int) -> str:
@@ -140,6 +156,10 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
         # Issue 15 part 4: where exact aggregation should matter, peers that start from their own inits with ranks
         # from 64 down to 2 (their subspaces differ; with the shared init gossip keeps them close).
         rest += [Spec(m, ranks=WIDE_RANKS, independent=True, group="independent") for m in ("zeropad", "svd", "stack")]
+        # Issue 15 part 3: the server baselines on the same samples; FLoRA also in 2 rounds of 40 local steps (the
+        # paper's few long rounds), with and without its AdamW moments kept across the merge.
+        rest += [Spec(m, group="server") for m in ("fedit", "flexlora", "scaffold", "flora")]
+        rest += [Spec("flora", rounds=2, keep_moments=k, group="server") for k in (False, True)]
         return first, rest
     het = hetero_ranks(preset.peers)
     first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]

@@ -221,7 +221,10 @@ def codec_label(s: dict) -> str:
 
 def run_label(r: dict) -> str:
     """The method's label, with what sets the run apart that the table has no column for."""
-    return r["label"] + ("" if r["spec"].get("by_length", True) else ", batches unsorted")
+    s = r["spec"]
+    return (r["label"] + ("" if s.get("by_length", True) else ", batches unsorted")
+            + (", own inits" if s.get("independent") else "") + (f", {s['rounds']} rounds" if s.get("rounds") else "")
+            + (", moments kept" if s.get("keep_moments") else ""))
 
 
 def goals_markdown(goals: list[dict]) -> str:

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # `import convergence_run` from benchmarks/: make
 
 from benchmarks.common import RESULTS, ROOT, judged_value  # noqa: E402
 from benchmarks.convergence_plan import (  # noqa: E402
-    HEAD_LR, LABELS, LR, PRESETS, THREADS, Preset, Spec, avg_eval_rounds, estimate_seconds)
+    HEAD_LR, LABELS, LR, PRESETS, THREADS, Preset, Spec, avg_eval_rounds, estimate_seconds, for_spec)
 from benchmarks.convergence_report import fmt_pct  # noqa: E402
 
 RUNS = ROOT / "runs" / "bench_convergence"
@@ -189,6 +189,7 @@ def checkpoint_disk_mb(out: Path) -> float:
 
 
 def run_one(spec: Spec, preset: Preset, run_root: Path, eval_file: Path | None, state: dict, args) -> dict:
+    preset = for_spec(preset, spec)
     out = run_root / spec.name
     estimate = estimate_seconds(spec, preset, state["eval_examples"], os.cpu_count() or 1)
     print(f"[{time.strftime('%H:%M:%S')}] {spec.name}: {LABELS[spec.method]}, ranks {spec.ranks}, "

@@ -76,3 +76,16 @@ def test_drift_goals_from_known_numbers():
     assert "3.75x" in int8["detail"] and int8["held"] is False  # 15 / 4 = 3.75 < 3.9: bytes miss
     int4 = goals["int4h + EF, head too within 0.5 pt of fp32 at 6.8x fewer bytes"]
     assert int4["held"] is False and "-1.00 pt" in int4["detail"]  # 6.82x fewer bytes, but 1 pt lost
+
+
+def test_fewer_longer_rounds_take_the_same_samples():
+    from benchmarks.convergence_plan import for_spec
+
+    drift = PRESETS["drift"]
+    s = Spec("flora", rounds=2, keep_moments=True, group="server")
+    p = for_spec(drift, s)
+    assert (p.rounds, p.local_steps) == (2, 40) and p.rounds * p.local_steps == drift.rounds * drift.local_steps
+    assert s.name == "flora-r8-fp32-dir0.5-R2-moments" and s.flags(8)[:2] == ["--server", "flora"]
+    assert "--keep-moments" in s.flags(8)
+    assert for_spec(drift, Spec("flora")) is drift
+    assert Spec("scaffold").flags(8)[:4] == ["--server", "fedit", "--drift", "kgt"]
