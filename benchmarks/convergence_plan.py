@@ -153,13 +153,14 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
         rest = [Spec("gossip-exp", codec="int8h", head_codec="same", block=128, group="codecs"),
                 Spec("gossip-exp", codec="int4h", error_feedback=True, head_codec="same", group="codecs"),
                 Spec("gossip-exp", by_length=False, group="batches")]
+        # Issue 15 part 3: the server baselines on the same samples; FLoRA also in 2 rounds of 40 local steps (the
+        # paper's few long rounds), with and without its AdamW moments kept across the merge.
+        rest += [Spec("flora", group="server")]
+        rest += [Spec("flora", rounds=2, keep_moments=k, group="server") for k in (False, True)]
+        rest += [Spec(m, group="server") for m in ("fedit", "scaffold", "flexlora")]
         # Issue 15 part 4: where exact aggregation should matter, peers that start from their own inits with ranks
         # from 64 down to 2 (their subspaces differ; with the shared init gossip keeps them close).
         rest += [Spec(m, ranks=WIDE_RANKS, independent=True, group="independent") for m in ("zeropad", "svd", "stack")]
-        # Issue 15 part 3: the server baselines on the same samples; FLoRA also in 2 rounds of 40 local steps (the
-        # paper's few long rounds), with and without its AdamW moments kept across the merge.
-        rest += [Spec(m, group="server") for m in ("fedit", "flexlora", "scaffold", "flora")]
-        rest += [Spec("flora", rounds=2, keep_moments=k, group="server") for k in (False, True)]
         return first, rest
     het = hetero_ranks(preset.peers)
     first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
