@@ -157,10 +157,14 @@ def plan(preset: Preset) -> tuple[list[Spec], list[Spec]]:
         # paper's few long rounds), with and without its AdamW moments kept across the merge.
         rest += [Spec("flora", group="server")]
         rest += [Spec("flora", rounds=2, keep_moments=k, group="server") for k in (False, True)]
-        rest += [Spec(m, group="server") for m in ("fedit", "scaffold", "flexlora")]
+        # Where the gap to centralized comes from: plain gossip on IID shards (no drift to correct), and one process
+        # taking a peer's number of steps with the peers' batches merged (what perfect averaging would reach).
+        rest += [Spec("gossip-exp", partition="iid", group="iid"), Spec("centralized-large-batch")]
+        rest += [Spec(m, group="server") for m in ("fedit", "scaffold")]
         # Issue 15 part 4: where exact aggregation should matter, peers that start from their own inits with ranks
         # from 64 down to 2 (their subspaces differ; with the shared init gossip keeps them close).
         rest += [Spec(m, ranks=WIDE_RANKS, independent=True, group="independent") for m in ("zeropad", "svd", "stack")]
+        rest += [Spec("flexlora", group="server")]
         return first, rest
     het = hetero_ranks(preset.peers)
     first = [Spec(m) for m in ("centralized", "gossip-ring", "svd", "stack", "gossip-exp")]
