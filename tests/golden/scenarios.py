@@ -1,5 +1,5 @@
 """The golden scenarios: small fixed-seed runs whose every peer's adapter, at every round, is hashed and committed
-(`golden.json`), so that a change that should not alter the math proves it did not, bit for bit.
+(`golden-<cpu capability>.json`), so that a change that should not alter the math proves it did not, bit for bit.
 
 Each scenario is 3 peers (tiny BERT, one torch thread each), 3 rounds of 2 local steps, on a fixed tiny sentiment
 set. A record is kept per peer and round: the hash of the adapter after mixing (and of the delta merged into the base,
@@ -20,7 +20,11 @@ import torch
 
 from tests.tiny_models import sentiment_rows, write_sst_tsv
 
-GOLDEN_FILE = Path(__file__).with_name("golden.json")
+# The bits depend on the CPU's kernels (torch picks AVX-512, AVX2 or plain code at run time, and MKL likewise), so the
+# hashes are kept per kernel family: golden-avx512.json, golden-avx2.json. A machine of a family with no file has
+# nothing to compare with; record one there from a commit that still matches another family's file.
+CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability().lower()
+GOLDEN_FILE = Path(__file__).with_name(f"golden-{CPU_CAPABILITY}.json")
 ROUNDS = 3
 PEERS = 3
 
@@ -39,6 +43,17 @@ SCENARIOS: dict[str, dict] = {
     "server-flexlora-mixed": {"server": "flexlora", "ranks": "4,2,2"},
     "centralized": {"mode": "centralized"},
 }
+
+def load_golden() -> dict:
+    """This machine's kernel family's hashes; a skip of the calling test module where none were recorded."""
+    if not GOLDEN_FILE.exists():
+        import pytest
+
+        pytest.skip(f"no golden hashes for CPU capability {CPU_CAPABILITY} ({GOLDEN_FILE.name}): record them with "
+                    "`.venv/bin/python -m tests.golden.record` from a commit that matches another family's file",
+                    allow_module_level=True)
+    return json.loads(GOLDEN_FILE.read_text())
+
 
 RECORD_KEYS = ("train_loss", "eval_accuracy", "eval_loss", "bytes_sent", "bytes_received", "neighbours_heard")
 

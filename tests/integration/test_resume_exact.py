@@ -5,14 +5,13 @@ stack mode the base weights the deltas were merged into. Centralized training is
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.golden.scenarios import GOLDEN_FILE, ROUNDS, check_complete, collect, compare, scenario_config, write_data
+from tests.golden.scenarios import ROUNDS, check_complete, collect, compare, load_golden, scenario_config, write_data
 
-GOLDEN = json.loads(GOLDEN_FILE.read_text())
+GOLDEN = load_golden()
 
 
 def forget_last_round(out: Path) -> None:
