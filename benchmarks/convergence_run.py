@@ -85,6 +85,7 @@ def simulate(spec: Spec, preset: Preset, out: Path, eval_file: Path | None, time
            # machine's load. With the adaptive deadline, a loaded machine made neighbours late, mixed a round later,
            # which changes the numbers and, for gradient tracking, breaks the correction's bookkeeping.
            "--no-adaptive-deadline",
+           "--eval-samples", "0",  # every round's evaluation on the whole holdout (the curves), whatever the default
            *spec.flags(preset.peers), *data_flags]
     if preset.holdout:
         cmd += ["--holdout", str(preset.holdout)]
