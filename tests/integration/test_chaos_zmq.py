@@ -73,8 +73,10 @@ def test_close_discards_what_is_held_back_and_stops_the_timer():
         b.close()
         time.sleep(2.5)
         assert not timer.is_alive()
-        # The BYE came through at once (it is spared random chaos), the delayed round message never.
-        assert a.counters()["received"][1]["messages"] == heard + 1
+        # The BYE came through at once (it is spared random chaos), the delayed round message never. Heartbeats and
+        # HELLO replies count as messages too and may still be on their way, so the count is a lower bound only.
+        assert a.counters()["received"][1]["messages"] >= heard + 1
+        assert not a.collect(0, Kind.FACTORS, {1}, 0.1).received
         assert b.counters()["chaos"]["discarded_at_close"] >= 1
     finally:
         a.close()
