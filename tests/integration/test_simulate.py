@@ -44,10 +44,7 @@ def simulate(tmp_path: Path, *args: str, name: str = "run", timeout: float = 240
 def classification_args(tmp_path: Path) -> list[str]:
     train, dev = sst2_slice(tmp_path)
     return ["--model", "tiny-bert", "--data", str(train), "--eval-data", str(dev), "--batch-size", "8",
-            "--max-length", "32", "--local-steps", "2", "--rounds", "2", "--eval-every", "1", "--eval-samples", "32",
-            # Every neighbour is waited for (the checks below count them): with tiny models a round trains in
-            # milliseconds, so the adaptive deadline's 2 s floor is all a peer started late on a loaded machine gets.
-            "--no-adaptive-deadline"]
+            "--max-length", "32", "--local-steps", "2", "--rounds", "2", "--eval-every", "1", "--eval-samples", "32"]
 
 
 def ok(proc: subprocess.CompletedProcess) -> None:
@@ -75,8 +72,10 @@ def check_run(out: Path, peers: int, rounds: int) -> dict:
     ("stack", "4,2,3", "fp16"),
 ])
 def test_every_mode_runs_with_real_processes(tmp_path, mode, ranks, codec):
+    # Every neighbour waited for (counted below): tiny rounds take milliseconds, so the adaptive deadline's 2 s floor
+    # is all a peer started late on a loaded machine would get.
     proc, out = simulate(tmp_path, *classification_args(tmp_path), "--peers", "3", "--mode", mode, "--ranks", ranks,
-                         "--codec", codec)
+                         "--codec", codec, "--no-adaptive-deadline")
     ok(proc)
     summary = check_run(out, peers=3, rounds=2)
     final = summary["final"]
