@@ -47,9 +47,8 @@ def run(name: str, flags: list[str], seed: int) -> dict:
     wall = time.time() - started
     if code != 0:
         return {"flags": flags, "seed": seed, "returncode": code}
-    final = json.loads((out / "summary.json").read_text())["final"]
-    per_peer = final["accuracy_per_peer"]
     summary = json.loads((out / "summary.json").read_text())
+    per_peer = summary["final"]["accuracy_per_peer"]
     return {"flags": flags, "seed": seed, "returncode": 0, "wall_s": round(wall, 1),
             "peer_accuracy": per_peer, "peer_accuracy_min": min(per_peer.values()),
             "peer_accuracy_mean": sum(per_peer.values()) / len(per_peer),

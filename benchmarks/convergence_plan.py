@@ -89,9 +89,9 @@ class Spec:
 
     @property
     def codec_label(self) -> str:
-        return (self.codec + (" + EF" if self.error_feedback else "") + (", head too" if self.head_codec == "same"
-                                                                         else "")
-                + (f", block {self.block}" if self.block != 64 else ""))
+        head = ", head too" if self.head_codec == "same" else ""
+        block = f", block {self.block}" if self.block != 64 else ""
+        return self.codec + (" + EF" if self.error_feedback else "") + head + block
 
     @property
     def centralized(self) -> bool:

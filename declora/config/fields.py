@@ -98,8 +98,8 @@ class RunConfig:
     local_steps: int = _opt(5, "local optimizer steps per round")
     batch_size: int = _opt(32, "examples per step")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    # On since issue 15: ~2.8x cheaper MiniLM steps on SST-2, and no accuracy difference that 3 seeds could resolve
-    # (benchmarks/README.md, "Drift correction ... at one budget"). --no-group-by-length shuffles freely.
+    # On since issue 15: several times cheaper MiniLM steps on SST-2, and no accuracy difference that 3 seeds could
+    # resolve (benchmarks/README.md, "Drift correction ... at one budget"). --no-group-by-length shuffles freely.
     group_by_length: bool = _opt(True, "batches of similar-length examples: less padding, faster steps (Hugging "
                                        "Face's group_by_length); --no-group-by-length for freely shuffled batches")
     lr: float = _opt(4e-3, "AdamW learning rate of the LoRA factors")

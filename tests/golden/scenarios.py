@@ -45,6 +45,7 @@ SCENARIOS: dict[str, dict] = {
     "centralized": {"mode": "centralized"},
 }
 
+
 def load_golden() -> dict:
     """This machine's kernel family's hashes; a skip of the calling test module where none were recorded."""
     if not GOLDEN_FILE.exists():

@@ -3,7 +3,6 @@ committed in tests/golden/golden-<cpu capability>.json (recorded with real peer 
 refactor; the AVX2 file later, from a commit that matched the AVX-512 one)."""
 from __future__ import annotations
 
-
 import pytest
 
 from tests.golden.record import run_in_one_process, run_simulated
