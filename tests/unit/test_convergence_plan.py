@@ -89,3 +89,31 @@ def test_fewer_longer_rounds_take_the_same_samples():
     assert "--keep-moments" in s.flags(8)
     assert for_spec(drift, Spec("flora")) is drift
     assert Spec("scaffold").flags(8)[:4] == ["--server", "fedit", "--drift", "kgt"]
+
+
+def test_changed_settings_get_their_own_cache_folder_whatever_the_tag():
+    from argparse import Namespace
+    from dataclasses import replace
+
+    from benchmarks.convergence_run import cache_path
+
+    drift = PRESETS["drift"]
+    spec = Spec("gossip-exp")
+    own = Namespace(task="sst2", model="", lr=4e-3, head_lr=1e-2)
+    tagged = replace(drift, name="drift_lrx1")
+    assert cache_path(tagged, spec, own).parent.name == "bench_convergence_drift_runs"  # the suite's own cache
+    dolly = Namespace(task="dolly", model="", lr=8e-3, head_lr=2e-2)
+    assert cache_path(replace(drift, name="drift_dolly_lrx2"), spec, dolly).parent.name == \
+        "bench_convergence_drift_dolly_lr0.008_hlr0.02_runs"
+
+
+def test_lr_sweep_picks_the_best_holdout_and_prefers_the_default_on_ties():
+    from benchmarks.bench_lr_sweep import pick, suite_argv
+
+    assert pick({0.5: {"holdout": 0.80}, 1.0: {"holdout": 0.82}, 2.0: {"holdout": 0.83}}) == 2.0
+    assert pick({0.5: {"holdout": 0.82}, 1.0: {"holdout": 0.82}, 2.0: {"holdout": 0.82}}) == 1.0
+    assert pick({0.5: {"holdout": 0.82}, 2.0: {"holdout": 0.82}}) == 0.5
+    assert pick({1.0: {"holdout": None}}) is None
+    argv = suite_argv("dolly", "gossip-exp-r8-fp32-dir0.5", 0.5, "0,1", cached_only=False)
+    assert argv[argv.index("--lr") + 1] == "0.002" and argv[argv.index("--head-lr") + 1] == "0.005"
+    assert argv[argv.index("--tag") + 1] == "dolly_lrx0.5" and "--cached-only" not in argv
