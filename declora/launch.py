@@ -92,9 +92,13 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 def _die_with_parent(parent: int):
     """For Popen's preexec_fn (Linux): the child gets SIGTERM when the launcher dies, however it dies."""
     def arm() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the launcher around the fork
         try:
             import ctypes
 
@@ -121,8 +125,14 @@ class PeerProcesses:
         log = open(self.logs[peer_id], "ab")
         # A new session per child so that Ctrl-C on the launcher is handled once, here, not by every child; and a
         # parent-death signal, so that children never outlive a launcher killed with SIGKILL.
-        self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+        # The stop signals wait until the child is in self.procs: a Ctrl-C inside Popen would otherwise leave a
+        # started child that stop_all does not know of.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                   start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.close()
         # DIR/processes.json: the OS pid of each process (by its first peer id), for tools and fault-injection tests.
         tmp = self.run_dir / "processes.json.tmp"
