@@ -127,8 +127,8 @@ class PeerProcesses:
         # parent-death signal, so that children never outlive a launcher killed with SIGKILL.
         # The stop signals wait until the child is in self.procs: a Ctrl-C inside Popen would otherwise leave a
         # started child that stop_all does not know of.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
+        try:  # the block inside: a signal handled as the mask changes raises from pthread_sigmask itself
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             self.procs[peer_id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                    start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         finally:

@@ -14,6 +14,7 @@ from declora.config import ConfigError, RunConfig, make_out_dir, resolve
 from declora.core.graphs import TopologyError
 from declora.node.checkpoint import CheckpointError
 from declora.node.heap import bound_heap
+from declora.node.stack_dump import dump_stacks_on_sigusr1
 from declora.wire.security import SecurityError
 
 
@@ -21,6 +22,7 @@ def run_process(command: str, tag: str, args: argparse.Namespace, body: Callable
                 overrides: dict | None = None) -> int:
     """`overrides` win over flags and files (a worker's peer count is the launcher's world size)."""
     bound_heap()  # node.heap: few arenas (ZeroMQ's threads)
+    dump_stacks_on_sigusr1()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag} %(levelname)s %(message)s")
     try:
         cfg = resolve(args, **(overrides or {}))

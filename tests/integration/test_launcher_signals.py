@@ -42,6 +42,24 @@ def wait_for(condition, timeout: float) -> bool:
     return condition()
 
 
+def stopped_within(launcher: subprocess.Popen, out: Path, timeout: float) -> None:
+    """Wait for the launcher to exit; if it does not, fail with where it is stuck: its Python stacks (it dumps them
+    on SIGUSR1, node.stack_dump), its output, and the state of each peer process."""
+    try:
+        launcher.wait(timeout=timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    launcher.send_signal(signal.SIGUSR1)
+    time.sleep(2)
+    launcher.kill()
+    text = launcher.communicate(timeout=10)[0]
+    peers = {pid: Path(f"/proc/{pid}/status").read_text().splitlines()[2] for pid in processes_of(out)}
+    logs = {p.name: p.read_text(errors="replace")[-2000:] for p in sorted((out / "logs").glob("*.log"))}
+    pytest.fail(f"the launcher did not exit within {timeout:.0f} s of the signal\n--- its output and stacks:\n{text}"
+                f"\n--- peer processes: {peers}\n--- peer logs: {logs}")
+
+
 @pytest.mark.parametrize("sig,when", [(signal.SIGTERM, "running"), (signal.SIGHUP, "running"),
                                       (signal.SIGKILL, "running"), (signal.SIGINT, "starting")])
 def test_stopping_the_launcher_stops_every_peer(tmp_path, sig, when):
@@ -58,7 +76,7 @@ def test_stopping_the_launcher_stops_every_peer(tmp_path, sig, when):
             assert wait_for(lambda: (out / "metrics" / "peer-0.jsonl").exists(), 120), "no round finished"
             assert len(processes_of(out)) == 3
         launcher.send_signal(sig)
-        launcher.wait(timeout=30)
+        stopped_within(launcher, out, 30)
         assert wait_for(lambda: not processes_of(out), 15), f"peers left running: {processes_of(out)}"
     finally:
         launcher.kill()
