@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--drift", action="store_true", help="8 peers, 10 rounds x 8 steps: centralized, gossip exp "
                                                             "and gossip exp with each drift correction")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
-    p.add_argument("--only", default="", help="comma-separated run names or methods to run (e.g. svd,fedit)")
+    p.add_argument("--only", default="", help="comma-separated run names, methods or groups to run (e.g. svd,fedit,codecs)")
     p.add_argument("--wait-for-load", type=float, default=0.0,
                    help="before starting, wait (at most --max-wait-s) until the 1-min load average is below this")
     p.add_argument("--max-wait-s", type=float, default=600.0, help="longest wait for --wait-for-load")
@@ -153,9 +153,20 @@ def seed_list(args: argparse.Namespace) -> tuple[int, ...]:
     return seeds
 
 
+def only_names(args: argparse.Namespace) -> set[str]:
+    return {x.strip() for x in args.only.split(",") if x.strip()}
+
+
+def selected(spec: Spec, only: set[str]) -> bool:
+    """Whether --only asks for this run: by its name (with or without its seed), its method or its group."""
+    return not only or bool({spec.name, spec.method, spec.group, spec.name.removesuffix(f"-seed{spec.seed}")} & only)
+
+
 def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], rest: list[Spec], eval_n: int,
-               cores: int, seeds: tuple[int, ...]) -> float:
-    """Print the runs with their estimates; the estimated total in seconds."""
+               cores: int, seeds: tuple[int, ...], only: set[str] = frozenset()) -> float:
+    """Print the runs that --only selects, with their estimates; the estimated total in seconds."""
+    first, rest = [s for s in first if selected(s, only)], [s for s in rest if selected(s, only)]
+    probable_codecs = [s for s in probable_codecs if selected(s, only)]
     per_seed = sum(estimate_seconds(s, preset, eval_n, cores) for s in first + probable_codecs + rest)
     total_est = per_seed * len(seeds)
     print(f"bench_convergence --{preset.name}: {preset.peers} peers, {preset.rounds} rounds x {preset.local_steps} "
@@ -165,7 +176,9 @@ def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], r
           flush=True)
     for s in first:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
-    if preset.name.startswith("drift"):
+    if not probable_codecs:
+        pass
+    elif preset.name.startswith("drift"):
         print("  then plain gossip and the best rule on the ring, and both on labelskew:1 (one class per peer)")
     else:
         print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
@@ -181,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     dolly_dev = task_files(args.task)[1]
     eval_n = sum(1 for _ in open(dolly_dev)) if dolly_dev else preset.eval_examples or 872
     first, rest = plan(preset)
-    total_est = print_plan(preset, first, codec_specs(preset, "svd"), rest, eval_n, os.cpu_count() or 1, seeds)
+    total_est = print_plan(preset, first, codec_specs(preset, "svd"), rest, eval_n, os.cpu_count() or 1, seeds,
+                           only_names(args))
     if args.dry_run:
         return 0
     if args.replot:
@@ -194,7 +208,7 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
     """The runs of `first` (every seed), the codec runs on the best decentralized method among them (by the mean
     holdout accuracy over seeds), then `rest`; each run cached as it ends, the JSON and plots rewritten after every
     run; the table, confidence intervals, significance calls and goal checks printed at the end."""
-    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    only = only_names(args)
     load_before = wait_for_load(args.wait_for_load, args.max_wait_s) if args.wait_for_load else list(os.getloadavg())
     run_root = RUNS / preset.name
     eval_file = task_files(args.task)[1] or eval_subset_file(preset.eval_examples, run_root)
@@ -203,10 +217,9 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
     started = time.time()
     records: list[dict] = []
 
-    def run_all(specs: list[Spec], group_key: str | None = None) -> None:
+    def run_all(specs: list[Spec]) -> None:
         for spec in with_seeds(specs, seeds):
-            if only and spec.name not in only and spec.method not in only and group_key not in only \
-                    and spec.name.removesuffix(f"-seed{spec.seed}") not in only:
+            if not selected(spec, only):
                 continue
             cached = None if args.fresh else cached_run(preset, spec, args)
             if cached is not None:
@@ -230,7 +243,7 @@ def run_suite(args: argparse.Namespace, preset: Preset, first: list[Spec], rest:
     run_all(first)
     best = best_decentralized(mean_records(records))
     if best:
-        run_all(codec_specs(preset, best), "codecs")
+        run_all(codec_specs(preset, best))
     run_all(rest)
     total_wall = time.time() - started
     path, goals = save(preset, args, records, eval_n, eval_file, majority, load_before, total_est, started, seeds,

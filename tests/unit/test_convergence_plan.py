@@ -117,3 +117,14 @@ def test_lr_sweep_picks_the_best_holdout_and_prefers_the_default_on_ties():
     argv = suite_argv("dolly", "gossip-exp-r8-fp32-dir0.5", 0.5, "0,1", cached_only=False)
     assert argv[argv.index("--lr") + 1] == "0.002" and argv[argv.index("--head-lr") + 1] == "0.005"
     assert argv[argv.index("--tag") + 1] == "dolly_lrx0.5" and "--cached-only" not in argv
+
+
+def test_only_selects_by_name_with_or_without_seed_method_or_group():
+    from benchmarks.bench_convergence import selected
+
+    s = Spec("gossip-exp", codec="int8h", head_codec="same", block=128, group="codecs", seed=1)
+    assert selected(s, set())
+    for key in (s.name, "gossip-exp-r8-int8h+head-b128-dir0.5", "gossip-exp", "codecs"):
+        assert selected(s, {key}), key
+    assert not selected(s, {"gossip-exp-r8-fp32-dir0.5", "svd", "ring", "gossip"})
+    assert not selected(Spec("gossip-exp", seed=1), {"gossip-exp-r8-fp32-dir0.5-seed2"})
