@@ -31,6 +31,10 @@ VARIANTS = {
     "default": [],  # length-grouped batches and intermediate evaluations on 256 examples since issue 15
     "group-by-length": ["--group-by-length"],
     "no-group-by-length": ["--no-group-by-length"],
+    # Fewer rounds to fit 3 minutes; gossip's own learning rate, twice the default (bench_lr_sweep picked x2 for
+    # gossip on SST-2 and Dolly, x0.5-x1 for centralized LoRA).
+    "rounds-20": ["--rounds", "20"],
+    "lr-x2-rounds-20": ["--lr", "8e-3", "--head-lr", "2e-2", "--rounds", "20"],
 }
 GOAL_WALL_S, GOAL_PEER_ACC = 180.0, 0.82
 

@@ -127,8 +127,8 @@ def mean_records(records: list[dict]) -> list[dict]:
 
 def comparisons(records: list[dict]) -> list[dict]:
     """Every pair of methods worth comparing: two methods of the same group (r=8, heterogeneous, iid, codecs), any
-    method against centralized LoRA on the same partition, a codec run against its method's fp32 r=8 run, and one
-    method on two partitions (IID against Dirichlet)."""
+    method against centralized LoRA on the same partition, a codec run against its method's fp32 r=8 run, one
+    method on two partitions (IID against Dirichlet), and a server baseline against each r=8 method of its split."""
     methods = by_method(records)
     keys = list(methods)
     out = []
@@ -141,7 +141,10 @@ def comparisons(records: list[dict]) -> list[dict]:
             other_split = all(sa[k] == sb[k] for k in ("method", "ranks", "codec", "error_feedback")) \
                 and sa["partition"] != sb["partition"]
             other_order = _same_but(sa, sb, "by_length")  # length-grouped batches or not, all else equal
-            if not (same_group or centralized or codec_base or other_split or other_order):
+            # Gossip against the parameter server on the same split (the drift preset keeps its server
+            # baselines in their own group; the full preset has them among the r=8 runs).
+            vs_server = {sa["group"], sb["group"]} == {"r=8", "server"} and sa["partition"] == sb["partition"]
+            if not (same_group or centralized or codec_base or other_split or other_order or vs_server):
                 continue
             result = compare(per_seed(methods[ka]), per_seed(methods[kb]), paired=sa["partition"] == sb["partition"])
             out.append({"a": ka, "b": kb, **result})

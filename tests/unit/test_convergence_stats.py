@@ -107,3 +107,16 @@ def test_which_pairs_are_compared_and_how():
     text = significance_markdown(comparisons(suite()))
     assert "centralized-r8-fp32-dir0.5 vs gossip-ring-r8-fp32-dir0.5: +4.00" in text and "paired t" in text
     assert "| gossip-ring-r8-fp32-dir0.5 | 0,1,2 | 82.00 ± 2.48 |" in ci_markdown(suite())
+
+
+def test_server_baselines_in_their_own_group_are_compared_with_gossip_on_their_split():
+    runs = suite() + [record("fedit", seed, acc, group="server") for seed, acc in enumerate((0.852, 0.829, 0.841))]
+    runs += [record("fedit", seed, acc, partition="iid", group="server") for seed, acc in enumerate((0.8, 0.81, 0.79))]
+    pairs = {(c["a"], c["b"]): c for c in comparisons(runs)}
+    exp_fedit = pairs[("gossip-exp-r8-fp32-dir0.5", "fedit-r8-fp32-dir0.5")]
+    # fedit - exp = +0.012, +0.009, +0.011 by seed: paired and significant.
+    assert exp_fedit["test"] == "paired t" and exp_fedit["significant"]
+    assert exp_fedit["diff"] == pytest.approx(-0.032 / 3)
+    assert ("gossip-ring-r8-fp32-dir0.5", "fedit-r8-fp32-dir0.5") in pairs
+    # The IID server run meets only what shares its split, method or group (not Dirichlet gossip).
+    assert not any("iid" in b and a.startswith("gossip-exp-r8-fp32-dir0.5") for a, b in pairs)
