@@ -255,8 +255,14 @@ def plot(records: list[dict], preset: Preset) -> list[Path]:
 
     for suffix, x_key, xlabel in (("", None, "round"), ("_bytes", "bytes_sent_per_peer_cumulative",
                                                          "MB sent per peer (cumulative)")):
-        fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-        for ax, g in zip(axes[0], groups):
+        cols = min(4, len(groups))  # a grid: the drift preset's eight panels in one row were unreadable
+        rows = -(-len(groups) // cols)
+        fig, grid = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+        axes = list(grid.flat)
+        for ax in axes[len(groups):]:
+            ax.set_visible(False)
+        axes = axes[:len(groups)]
+        for ax, g in zip(axes, groups):
             members = [r for r in ok if r["spec"]["group"] == g and r["spec"]["method"] != "centralized"]
             if g == "codecs":  # next to the fp32 run of the same method
                 members = [r for r in ok if r["spec"]["group"] == "r=8"
@@ -277,8 +283,9 @@ def plot(records: list[dict], preset: Preset) -> list[Path]:
                 ax.set_xscale("log")
             ax.set_title(f"{g} ({preset.peers} peers)")
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("dev accuracy of the average model (%)")
-        written.append(save_figure(fig, axes[0], f"bench_convergence_{preset.name}{suffix}.png"))
+            # With --holdout the rounds are evaluated on the validation split; the dev set only at the end.
+            ax.set_ylabel(f"{'holdout' if preset.holdout else 'dev'} accuracy of the average model (%)")
+        written.append(save_figure(fig, axes, f"bench_convergence_{preset.name}{suffix}.png"))
 
     drift = [r for r in ok if r["spec"]["method"] in ("stack", "svd")]
     if {r["spec"]["method"] for r in drift} == {"stack", "svd"}:
