@@ -314,11 +314,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
-    from declora.node.stack_dump import dump_stacks_on_sigusr1
+    if from_command_line:  # a program that calls main() keeps its own SIGUSR1
+        from declora.node.stack_dump import dump_stacks_on_sigusr1
 
-    dump_stacks_on_sigusr1()
+        dump_stacks_on_sigusr1()
     try:
         return int(args.func(args) or 0)
     except CliError as e:

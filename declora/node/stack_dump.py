@@ -8,5 +8,9 @@ import sys
 
 
 def dump_stacks_on_sigusr1() -> None:
-    if hasattr(signal, "SIGUSR1"):  # not on Windows
+    if not hasattr(signal, "SIGUSR1"):  # not on Windows
+        return
+    try:
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # stderr is no real file (captured, embedded): no dumps, no harm
+        pass
