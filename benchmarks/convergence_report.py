@@ -44,6 +44,10 @@ def best_decentralized(records: list[dict]) -> str | None:
              and r["spec"]["method"] in GOSSIP_METHODS and selected(r) is not None]
     if not cands:
         return None
+    # Means over different numbers of seeds are not comparable (one lucky seed beats a 3-seed mean): choose among
+    # the methods run with the most seeds.
+    most = max(len(r.get("seeds", [0])) for r in cands)
+    cands = [r for r in cands if len(r.get("seeds", [0])) == most]
     best = max(cands, key=lambda r: (selected(r), -r["final"]["mb_sent_per_peer"]))
     return best["spec"]["method"]
 

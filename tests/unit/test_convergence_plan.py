@@ -128,3 +128,14 @@ def test_only_selects_by_name_with_or_without_seed_method_or_group():
         assert selected(s, {key}), key
     assert not selected(s, {"gossip-exp-r8-fp32-dir0.5", "svd", "ring", "gossip"})
     assert not selected(Spec("gossip-exp", seed=1), {"gossip-exp-r8-fp32-dir0.5-seed2"})
+
+
+def test_the_best_rule_is_chosen_among_the_methods_with_the_most_seeds():
+    from benchmarks.convergence_report import best_decentralized
+    from benchmarks.convergence_stats import mean_records
+
+    runs = [record(Spec("gossip-exp", seed=s), acc) for s, acc in enumerate((0.40, 0.37, 0.36))]
+    runs += [record(Spec("gossip-exp-nesterov", seed=s), acc) for s, acc in enumerate((0.48, 0.45, 0.36))]
+    runs += [record(Spec("gossip-exp-kgt", seed=0), 0.556)]  # one lucky seed above nesterov's 3-seed mean (0.43)
+    assert best_decentralized(mean_records(runs)) == "gossip-exp-nesterov"
+    assert best_decentralized(mean_records(runs[-1:] + runs[:1])) == "gossip-exp-kgt"  # one seed each: the better
