@@ -64,7 +64,10 @@ def check_healed(records: dict[int, list[dict]], after: dict[int, int]) -> None:
         # The first mixes across the healed cut meet the other half's drift: the distance jumps, then falls back as
         # the halves average.
         across = [r["distance_to_neighbours"] for r in healed[i] if r["neighbours_heard"] > 1]
-        assert max(across[-3:]) < max(across[:3]), [r["distance_to_neighbours"] for r in healed[i]]
+        # Disjoint windows (up to 3 rounds each): a run stopped 3-5 rounds after the heal made the first three and
+        # the last three share their maximum, and the check failed on a distance that had fallen 16.7 -> 11.2.
+        k = min(3, len(across) // 2)
+        assert k >= 1 and max(across[-k:]) < max(across[:k]), [r["distance_to_neighbours"] for r in healed[i]]
     assert len(back) == len(records), \
         f"after the heal peers {sorted(set(records) - set(back))} do not hear the other half again: {heard}"
 
