@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--drift", action="store_true", help="8 peers, 10 rounds x 8 steps: centralized, gossip exp "
                                                             "and gossip exp with each drift correction")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
-    p.add_argument("--only", default="", help="comma-separated run names, methods or groups to run (e.g. svd,fedit,codecs)")
+    p.add_argument("--only", default="",
+                   help="comma-separated run names, methods or groups to run (e.g. svd,fedit,codecs)")
     p.add_argument("--wait-for-load", type=float, default=0.0,
                    help="before starting, wait (at most --max-wait-s) until the 1-min load average is below this")
     p.add_argument("--max-wait-s", type=float, default=600.0, help="longest wait for --wait-for-load")
@@ -176,11 +177,9 @@ def print_plan(preset: Preset, first: list[Spec], probable_codecs: list[Spec], r
           flush=True)
     for s in first:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
-    if not probable_codecs:
-        pass
-    elif preset.name.startswith("drift"):
+    if probable_codecs and preset.name.startswith("drift"):
         print("  then plain gossip and the best rule on the ring, and both on labelskew:1 (one class per peer)")
-    else:
+    elif probable_codecs:
         print(f"  then {', '.join(c.codec_label for c in probable_codecs)} on the best decentralized r=8 method")
     for s in rest:
         print(f"  {s.name}  ({estimate_seconds(s, preset, eval_n, cores) / 60:.1f} min)")
@@ -302,7 +301,7 @@ def replot(preset: Preset) -> int:
     path = RESULTS / f"bench_convergence_{preset.name}.json"
     data = json.loads(path.read_text())
     records, eval_n = data["runs"], data["eval_examples"]
-    eval_file = ROOT / data["eval_data"] if data["eval_data"].endswith(".tsv") else None
+    eval_file = ROOT / data["eval_data"] if data["eval_data"].endswith((".tsv", ".jsonl")) else None  # jsonl: Dolly
     data["majority_class_accuracy"] = majority = majority_accuracy(eval_file)
     means = mean_records(records)
     goals = goal_checks(means, preset, eval_n, majority)

@@ -34,7 +34,7 @@ def by(records: list[dict], method: str, group: str | None = None, codec: str = 
 def on_seeds_of(base: dict, run: dict) -> float:
     """`base`'s average-model accuracy over the seeds `run` has (a codec run made at fewer seeds than its fp32 run
     is compared with the fp32 runs of those seeds, not with their mean over others)."""
-    per_seed, seeds = base.get("per_seed_final"), run.get("seeds")
+    per_seed, seeds = base.get("per_seed_final"), [str(s) for s in run.get("seeds", [])]
     if per_seed and seeds and set(seeds) <= set(per_seed):
         return sum(per_seed[s]["avg_model_accuracy"] for s in seeds) / len(seeds)
     return base["final"]["avg_model_accuracy"]

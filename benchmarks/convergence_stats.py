@@ -122,7 +122,8 @@ def mean_records(records: list[dict]) -> list[dict]:
             rounds.append({**row, "avg_model": {**row["avg_model"], "accuracy": mean(accs)}} if accs else row)
         out.append({**first, "spec": {**first["spec"], "seed": 0}, "final": final, "rounds": rounds,
                     "seeds": [r["spec"].get("seed", 0) for r in runs], "final_ci": cis,
-                    "per_seed_final": {r["spec"].get("seed", 0): r["final"] for r in runs}})
+                    # keyed by str(seed): the same after a round trip through the results JSON (--replot)
+                    "per_seed_final": {str(r["spec"].get("seed", 0)): r["final"] for r in runs}})
     return out
 
 
